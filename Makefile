@@ -1,0 +1,37 @@
+# routestate developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+.PHONY: help test unit lint fmt testbin cluster-up cluster-down cluster-env cluster-status crd bench run
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+test: ## everything, unit to end-to-end: starts the local cluster + Redis if needed, stops what it started
+	hack/test.sh
+
+unit: ## pure unit tests only (no cluster)
+	cargo test --lib
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+testbin: ## build (or find cached) etcd, kube-*, kwok, helm from Go modules
+	hack/testbin/build.sh
+
+cluster-up: ## start the local control plane, kwok node, Redis and Redis Cluster
+	hack/cluster.sh up
+
+cluster-down: ## stop what cluster-up started
+	hack/cluster.sh down
+
+cluster-env: ## print the env file (source it: `source <(make -s cluster-env)`)
+	@hack/cluster.sh env
+
+cluster-status: ## exit 0 when the local cluster is healthy
+	hack/cluster.sh status

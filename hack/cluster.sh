@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# The local test cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+# (built from Go modules by hack/testbin/build.sh), plus a standalone redis-server and a 3-master
+# Redis Cluster, all on free loopback ports. Processes are tracked by PID in $CLUSTER_DIR and
+# only those are ever stopped.
+#
+#   hack/cluster.sh up            start everything not already running (idempotent)
+#   hack/cluster.sh down          stop what `up` started, remove the folder
+#   hack/cluster.sh env           print the env file (KUBECONFIG, REDIS_URL, ...)
+#   hack/cluster.sh status        exit 0 when every component answers its health check
+#   hack/cluster.sh stop NAME     stop one component (redis, kube-apiserver, ...), keep its config
+#   hack/cluster.sh start NAME    start one stopped component again on the same port
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.cluster}
+D=$CLUSTER_DIR
+START_TIMEOUT=${START_TIMEOUT:-120}
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok redis redis-cluster)
+
+log() { echo "cluster: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+pid_of() { [[ -f $D/pids/$1.pid ]] && cat "$D/pids/$1.pid"; }
+running() { local p; p=$(pid_of "$1") || return 1; kill -0 "$p" 2>/dev/null; }
+
+# Starts "$@" in its own session, output to $D/logs/NAME.log, PID to $D/pids/NAME.pid.
+launch() {
+  local name=$1; shift
+  mkdir -p "$D/logs" "$D/pids"
+  setsid "$@" >>"$D/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$D/pids/$name.pid"
+}
+
+# wait_for NAME CMD...: polls CMD until it succeeds; on timeout or exit prints NAME's log tail.
+wait_for() {
+  local name=$1; shift
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    if ! running "$name"; then
+      log "$name exited during start-up; last lines of $D/logs/$name.log:"; tail -n 30 "$D/logs/$name.log" >&2 || true
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      log "$name not healthy after ${START_TIMEOUT}s; last lines of $D/logs/$name.log:"; tail -n 30 "$D/logs/$name.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+
+# Ports and secrets are chosen once per cluster folder so a restarted component keeps its port.
+init_config() {
+  [[ -f $D/config ]] && return 0
+  mkdir -p "$D/pki" "$D/logs" "$D/pids"
+  {
+    echo "ETCD_PORT=$(free_port)"; echo "ETCD_PEER_PORT=$(free_port)"; echo "API_PORT=$(free_port)"
+    echo "KCM_PORT=$(free_port)"; echo "SCHED_PORT=$(free_port)"; echo "REDIS_PORT=$(free_port)"
+    echo "REDIS_CLUSTER_PORTS=\"$(free_port) $(free_port) $(free_port)\""
+    echo "ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  } >"$D/config.tmp"
+  mv "$D/config.tmp" "$D/config"
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  log "installing redis-server and redis-tools (Debian packages)"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >&2
+  else
+    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >&2
+  fi
+}
+
+start_etcd() {
+  launch etcd "$BIN/etcd" --name=node0 --data-dir="$D/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="node0=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync=true --log-level=warn \
+    --quota-backend-bytes=$((4 * 1024 * 1024 * 1024))
+  wait_for etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_kube_apiserver() {
+  [[ -f $D/pki/sa.key ]] || openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
+  echo "$ADMIN_TOKEN,admin,admin-uid,system:masters" >"$D/tokens.csv"
+  launch kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --cert-dir="$D/pki" --token-auth-file="$D/tokens.csv" --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$D/pki/sa.key" --service-account-signing-key-file="$D/pki/sa.key" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none --allow-privileged=true \
+    --disable-admission-plugins=ServiceAccount,TaintNodesByCondition --v=1
+  wait_for kube-apiserver curl -sfk "https://127.0.0.1:$API_PORT/readyz"
+}
+
+write_kubeconfig() {
+  cat >"$D/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: routestate-test
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $D/pki/apiserver.crt
+users:
+- name: admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: routestate-test
+  context: {cluster: routestate-test, user: admin}
+current-context: routestate-test
+KC
+}
+
+start_kube_controller_manager() {
+  launch kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$D/kubeconfig" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+    --service-account-private-key-file="$D/pki/sa.key" --use-service-account-credentials=false \
+    --controllers=statefulset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,replicaset-controller,deployment-controller,job-controller,endpointslice-controller,endpoints-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,disruption-controller \
+    --concurrent-statefulset-syncs=10 --kube-api-qps=200 --kube-api-burst=400 --v=1
+  wait_for kube-controller-manager curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
+}
+
+start_kube_scheduler() {
+  launch kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$D/kubeconfig" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics --v=1
+  wait_for kube-scheduler curl -sfk "https://127.0.0.1:$SCHED_PORT/healthz"
+}
+
+start_kwok() {
+  launch kwok "$BIN/kwok" --kubeconfig="$D/kubeconfig" --config="$BIN/kwok-stages.yaml" \
+    --manage-all-nodes=true --cidr=10.244.0.0/16 --node-ip=192.0.2.10
+  # kwok has no health endpoint without --server-address; it is healthy once it made our node Ready.
+  "$KUBECTL" --kubeconfig="$D/kubeconfig" apply -f - >/dev/null <<'NODE'
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-0
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {kubernetes.io/hostname: kwok-node-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
+spec:
+  podCIDR: 10.244.0.0/20
+  podCIDRs: [10.244.0.0/20]
+status:
+  allocatable: {cpu: "256", memory: 1Ti, pods: "4000"}
+  capacity: {cpu: "256", memory: 1Ti, pods: "4000"}
+NODE
+  wait_for kwok "$KUBECTL" --kubeconfig="$D/kubeconfig" wait --for=condition=Ready node/kwok-node-0 --timeout=2s
+}
+
+start_redis() {
+  ensure_redis
+  launch redis "$(command -v redis-server)" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --protected-mode no --dir "$D" --dbfilename redis.rdb
+  wait_for redis redis-cli -p "$REDIS_PORT" ping
+}
+
+start_redis_cluster() {
+  ensure_redis
+  local port nodes=() i=0
+  mkdir -p "$D/redis-cluster"
+  for port in $REDIS_CLUSTER_PORTS; do
+    mkdir -p "$D/redis-cluster/$port"
+    # Each node is its own process; the component's pid file tracks the first, the rest by port.
+    launch "redis-cluster-$i" "$(command -v redis-server)" --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+      --cluster-config-file "$D/redis-cluster/$port/nodes.conf" --save "" --appendonly no --protected-mode no \
+      --dir "$D/redis-cluster/$port"
+    wait_for "redis-cluster-$i" redis-cli -p "$port" ping
+    nodes+=("127.0.0.1:$port"); i=$((i + 1))
+  done
+  if ! redis-cli -p "${REDIS_CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok'; then
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$D/logs/redis-cluster-create.log" 2>&1 \
+      || { tail -n 20 "$D/logs/redis-cluster-create.log" >&2; die "redis-cluster: create failed"; }
+  fi
+  echo "redis-cluster" >"$D/pids/redis-cluster.marker"
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until redis-cli -p "${REDIS_CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok'; do
+    ((SECONDS < deadline)) || die "redis-cluster: cluster_state not ok after ${START_TIMEOUT}s"
+    sleep 0.2
+  done
+}
+
+write_env() {
+  local urls="" port
+  for port in $REDIS_CLUSTER_PORTS; do urls+="${urls:+,}redis://127.0.0.1:$port"; done
+  cat >"$D/env" <<ENV
+export KUBECONFIG=$D/kubeconfig
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export REDIS_CLUSTER_URLS=$urls
+export ROUTESTATE_CLUSTER_DIR=$D
+export ROUTESTATE_TESTBIN=$BIN
+export PATH=$BIN:\$PATH
+ENV
+}
+
+component_running() {
+  case $1 in
+    redis-cluster) running redis-cluster-0 && running redis-cluster-1 && running redis-cluster-2 ;;
+    *) running "$1" ;;
+  esac
+}
+
+start_component() {
+  if component_running "$1"; then return 0; fi
+  local t0=$SECONDS
+  case $1 in
+    etcd) start_etcd ;;
+    kube-apiserver) start_kube_apiserver; write_kubeconfig ;;
+    kube-controller-manager) start_kube_controller_manager ;;
+    kube-scheduler) start_kube_scheduler ;;
+    kwok) start_kwok ;;
+    redis) start_redis ;;
+    redis-cluster) start_redis_cluster ;;
+    *) die "unknown component '$1' (one of: ${COMPONENTS[*]})" ;;
+  esac
+  log "$1 up in $((SECONDS - t0))s"
+}
+
+stop_pid_file() {
+  local f=$1 p
+  [[ -f $f ]] || return 0
+  p=$(cat "$f")
+  if kill -0 "$p" 2>/dev/null; then
+    kill "$p" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$p" 2>/dev/null; do
+      if ((SECONDS >= deadline)); then kill -9 "$p" 2>/dev/null || true; fi
+      sleep 0.1
+    done
+  fi
+  rm -f "$f"
+}
+
+stop_component() {
+  case $1 in
+    redis-cluster) for i in 0 1 2; do stop_pid_file "$D/pids/redis-cluster-$i.pid"; done ;;
+    *) [[ " ${COMPONENTS[*]} " == *" $1 "* ]] || die "unknown component '$1' (one of: ${COMPONENTS[*]})"
+       stop_pid_file "$D/pids/$1.pid" ;;
+  esac
+}
+
+load() {
+  init_config
+  # shellcheck disable=SC1091
+  source "$D/config"
+  BIN=$("$ROOT/hack/testbin/build.sh")
+  KUBECTL=$BIN/kubectl
+}
+
+cmd=${1:-}
+case $cmd in
+  up)
+    load
+    t0=$SECONDS
+    for c in "${COMPONENTS[@]}"; do start_component "$c"; done
+    write_env
+    log "all components up in $((SECONDS - t0))s; env: $D/env"
+    ;;
+  down)
+    if [[ -d $D ]]; then
+      for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd redis redis-cluster; do stop_component "$c"; done
+      rm -rf "$D"
+    fi
+    ;;
+  env) [[ -f $D/env ]] || die "no cluster at $D (run: make cluster-up)"; cat "$D/env" ;;
+  status)
+    [[ -f $D/env ]] || exit 1
+    for c in "${COMPONENTS[@]}"; do component_running "$c" || { log "$c is not running"; exit 1; }; done
+    # shellcheck disable=SC1091
+    source "$D/config"
+    curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null || { log "kube-apiserver not ready"; exit 1; }
+    ;;
+  stop) [[ -n ${2:-} ]] || die "usage: cluster.sh stop COMPONENT"; stop_component "$2" ;;
+  start) [[ -n ${2:-} ]] || die "usage: cluster.sh start COMPONENT"; load; start_component "$2"; write_env ;;
+  *) die "usage: cluster.sh up|down|env|status|stop NAME|start NAME" ;;
+esac

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make test`: lint, unit tests and integration tests against the local cluster. Starts the
+# cluster when it is not already running and stops it afterwards only if this run started it.
+# With TEST_KUBECONFIG and REDIS_URL set, uses that cluster and Redis instead.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+t0=$SECONDS
+step() { echo "== test: $* ($((SECONDS - t0))s)" >&2; }
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
+
+# Build the Go binaries first: on a cold machine this is the long part, and a failure here
+# should say so before anything else runs.
+step "test binaries"
+hack/testbin/build.sh >/dev/null
+
+started=0
+if [[ -n ${TEST_KUBECONFIG:-} ]]; then
+  export KUBECONFIG=$TEST_KUBECONFIG
+  : "${REDIS_URL:?set REDIS_URL together with TEST_KUBECONFIG}"
+else
+  if ! hack/cluster.sh status 2>/dev/null; then
+    step "starting the local cluster"
+    hack/cluster.sh up
+    started=1
+  fi
+  # shellcheck disable=SC1090
+  source <(hack/cluster.sh env)
+fi
+cleanup() { if ((started)); then step "stopping the local cluster"; hack/cluster.sh down; fi; }
+trap cleanup EXIT
+
+step "lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --locked --all-targets
+
+step "done"

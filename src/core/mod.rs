@@ -1,0 +1,38 @@
+//! The pure, I/O-free core: wire codecs, key layout, pod index parsing, state derivation and
+//! pod selection. Nothing here touches the network, the clock or a random source directly, so
+//! every rule is tested exhaustively (unit and property tests) and shared by the library, the
+//! operator and the Lua scripts' reference model.
+
+pub mod keys;
+pub mod pod_index;
+pub mod pod_state;
+pub mod routing;
+pub mod selection;
+pub mod workload;
+
+pub use keys::{KeyError, Keys};
+pub use pod_index::{PodIndexError, pod_index};
+pub use pod_state::{PodState, PodStateError, weighted_load};
+pub use routing::{RoutingState, RoutingStateError};
+pub use selection::{Classified, PodView, SelectionPolicy, ServiceSnapshot};
+pub use workload::{Workload, WorkloadError, WorkloadState};
+
+/// Default range above the least-loaded READY pod within which a pod still counts as "good"
+/// for new users (the original's `homo.service.state.range.default`).
+pub const DEFAULT_GOOD_RANGE: u64 = 500;
+/// Default publish period of pod states, in seconds.
+pub const DEFAULT_UPDATE_PERIOD_SECS: u32 = 10;
+/// A pod is alive while its state is at most this many update periods old.
+pub const STALENESS_PERIODS: u64 = 3;
+/// TTL of a temporary (client-created) link, in seconds (the original's TEMP_LINK_INFO_CACHE_TIME_SECS).
+pub const TEMP_LINK_TTL_SECS: u64 = 300;
+/// Local link-cache TTL of clients: shorter than the temporary link so a cached pod never
+/// outlives its link in Redis.
+pub const LINK_CACHE_TTL_SECS: u64 = 240;
+/// Default weighting between waiting tasks and load state.
+pub const DEFAULT_CPU_FACTOR: f64 = 0.7;
+
+/// The staleness window for a service published with `update_period_secs`.
+pub fn staleness_window_ms(update_period_secs: u32) -> u64 {
+    u64::from(update_period_secs) * 1000 * STALENESS_PERIODS
+}

@@ -1,0 +1,185 @@
+//! The pod state string `<weightedLoad>-<updateEpochMillis>-<routingState>` stored as a field
+//! of `sf:{<ns>:state:<svc>}`, and the load weighting formula.
+
+use std::fmt;
+
+use super::routing::RoutingState;
+
+/// One pod's published state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PodState {
+    /// Weighted load; larger means busier.
+    pub weighted_load: u64,
+    /// When the state was written, in milliseconds since the epoch, by the Redis server clock.
+    pub updated_at_ms: u64,
+    pub routing: RoutingState,
+}
+
+/// Longest state string a reader accepts; anything longer is garbage, not a state.
+pub const MAX_STATE_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodStateError {
+    #[error("pod state {value:?} is not of the form <weightedLoad>-<updateEpochMillis>-<routingState>: {reason}")]
+    Malformed { value: String, reason: &'static str },
+}
+
+impl PodState {
+    pub fn new(weighted_load: u64, updated_at_ms: u64, routing: RoutingState) -> Self {
+        Self { weighted_load, updated_at_ms, routing }
+    }
+
+    /// The wire encoding.
+    pub fn encode(&self) -> String {
+        self.to_string()
+    }
+
+    /// Parses the wire encoding strictly: three decimal fields, no signs, no spaces.
+    pub fn parse(value: &str) -> Result<Self, PodStateError> {
+        let bad = |reason| PodStateError::Malformed { value: truncate(value), reason };
+        if value.len() > MAX_STATE_LEN {
+            return Err(bad("too long"));
+        }
+        let mut parts = value.split('-');
+        let (Some(load), Some(ts), Some(state), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected exactly three '-'-separated fields"));
+        };
+        let weighted_load = parse_decimal(load).ok_or_else(|| bad("weighted load is not a non-negative integer"))?;
+        let updated_at_ms = parse_decimal(ts).ok_or_else(|| bad("update time is not a non-negative integer"))?;
+        let routing = RoutingState::parse_ordinal(state).map_err(|_| bad("routing state is not 0, 1 or 2"))?;
+        Ok(Self { weighted_load, updated_at_ms, routing })
+    }
+
+    /// Age of the state at `now_ms`; a state from the future (another writer's clock) has age 0.
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.updated_at_ms)
+    }
+
+    /// Whether the state is at most `window_ms` old at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.age_ms(now_ms) <= window_ms
+    }
+}
+
+impl fmt::Display for PodState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.weighted_load, self.updated_at_ms, self.routing.ordinal())
+    }
+}
+
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Keeps error messages bounded when a hash holds a huge garbage value.
+pub(crate) fn truncate(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.len() <= MAX {
+        return value.to_owned();
+    }
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &value[..end], value.len())
+}
+
+/// weightedLoad = trunc(cpuFactor × waitingTasks + (1 − cpuFactor) × loadState).
+///
+/// `cpu_factor` is clamped to [0, 1] (the CRD and config reject values outside it; the clamp
+/// keeps a bad embedder value from producing a negative load). The result saturates at
+/// `u64::MAX`; above 2^53 the f64 arithmetic loses precision, far beyond any real load.
+pub fn weighted_load(cpu_factor: f64, waiting_tasks: u64, load_state: u64) -> u64 {
+    let f = if cpu_factor.is_nan() { 0.0 } else { cpu_factor.clamp(0.0, 1.0) };
+    let w = f * waiting_tasks as f64 + (1.0 - f) * load_state as f64;
+    // `as` saturates for floats, and trunc is the original's int() conversion.
+    w.trunc() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encodes_the_wire_format() {
+        let s = PodState::new(120, 1_764_000_000_123, RoutingState::DenyNewCall);
+        assert_eq!(s.encode(), "120-1764000000123-1");
+        assert_eq!(PodState::parse("120-1764000000123-1"), Ok(s));
+        assert_eq!(PodState::parse("0-0-0"), Ok(PodState::new(0, 0, RoutingState::Ready)));
+    }
+
+    #[test]
+    fn rejects_garbage_naming_the_value() {
+        for bad in [
+            "", "-", "1-2", "1-2-3", "1-2-0-4", "-1-2-0", "a-2-0", "1-b-0", "1-2-x", " 1-2-0", "1-2-0 ", "+1-2-0",
+            "1--0", "1-2-", "99999999999999999999999-1-0", "state", "READY", "1.5-2-0",
+        ] {
+            let err = PodState::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversized_values_are_rejected_and_truncated_in_errors() {
+        let huge = "7".repeat(10_000);
+        let msg = PodState::parse(&huge).unwrap_err().to_string();
+        assert!(msg.len() < 300, "{msg}");
+        assert!(msg.contains("10000 bytes"));
+    }
+
+    #[test]
+    fn freshness_uses_the_window_inclusively() {
+        let s = PodState::new(0, 10_000, RoutingState::Ready);
+        assert!(s.is_fresh(10_000, 0));
+        assert!(s.is_fresh(40_000, 30_000));
+        assert!(!s.is_fresh(40_001, 30_000));
+        assert!(s.is_fresh(5_000, 0), "a state from the future is fresh");
+    }
+
+    #[test]
+    fn weighting_matches_the_formula_without_the_precedence_bug() {
+        assert_eq!(weighted_load(0.7, 100, 200), 130); // 70 + 60
+        assert_eq!(weighted_load(0.0, 100, 200), 200);
+        assert_eq!(weighted_load(1.0, 100, 200), 100);
+        assert_eq!(weighted_load(0.5, 3, 0), 1); // 1.5 truncates
+        // The original's bug, cpu*wait + (1 - cpu*load), decreases with load; ours grows.
+        assert!(weighted_load(0.5, 0, 1000) > weighted_load(0.5, 0, 10));
+        assert_eq!(weighted_load(2.0, 7, 9), 7, "cpu factor clamps to 1");
+        assert_eq!(weighted_load(-1.0, 7, 9), 9, "cpu factor clamps to 0");
+        assert_eq!(weighted_load(f64::NAN, 7, 9), 9);
+        assert_eq!(weighted_load(0.0, 0, u64::MAX), u64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(load in any::<u64>(), ts in any::<u64>(), ord in 0u8..3) {
+            let s = PodState::new(load, ts, RoutingState::from_ordinal(ord).unwrap());
+            prop_assert_eq!(PodState::parse(&s.encode()), Ok(s));
+        }
+
+        #[test]
+        fn parse_never_panics(value in ".{0,100}") {
+            let _ = PodState::parse(&value);
+        }
+
+        #[test]
+        fn parse_accepts_only_canonical_triples(value in "[0-9-]{0,30}") {
+            if let Ok(s) = PodState::parse(&value) {
+                // Leading zeros parse; everything else re-encodes to the input.
+                let canon = s.encode();
+                prop_assert_eq!(PodState::parse(&canon), Ok(s));
+            }
+        }
+
+        #[test]
+        fn weighted_load_lies_between_its_inputs(f in 0.0f64..=1.0, w in 0u64..1_000_000_000, l in 0u64..1_000_000_000) {
+            let got = weighted_load(f, w, l);
+            prop_assert!(got >= w.min(l).saturating_sub(1) && got <= w.max(l));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The client read model of one service: which pods are alive, routable, available to their
+//! linked users, and good for new users; and the choice of a pod for a new user.
+//!
+//! Rules (wire contract v1, the fixed version of the original's `processRet`):
+//! - alive: the state was written within the staleness window;
+//! - routable: alive and READY;
+//! - available (to users already linked): alive and not SHUTDOWN, so DENY_NEW_CALL pods keep
+//!   their users;
+//! - good: routable and weighted load ≤ (least load among routable pods) + range;
+//! - pick: `good[random % good.len()]` with `good` in ascending pod index. The `pick_and_link`
+//!   Lua script implements the same rule, and a test checks them against each other.
+
+use std::collections::BTreeMap;
+
+use super::{pod_state::PodState, routing::RoutingState};
+
+/// How a service's states are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectionPolicy {
+    /// A state older than this (by the Redis clock) is stale: the pod is not alive.
+    pub window_ms: u64,
+    /// Range above the least-loaded routable pod within which pods are good.
+    pub range: u64,
+}
+
+/// One pod as the read model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodView {
+    pub index: u32,
+    pub state: PodState,
+    pub alive: bool,
+}
+
+/// What the read model knows about one pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classified {
+    /// No (parsable) state field for the pod.
+    Absent,
+    /// A state older than the window.
+    Stale(PodState),
+    Alive(PodState),
+}
+
+/// A hash entry that was skipped, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub field: String,
+    pub reason: String,
+}
+
+/// A snapshot of one service's state hash judged at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSnapshot {
+    pods: BTreeMap<u32, PodView>,
+    good: Vec<u32>,
+    pub now_ms: u64,
+    pub policy: SelectionPolicy,
+    /// Unparsable entries, skipped (readers never fail on another writer's garbage).
+    pub skipped: Vec<Skipped>,
+}
+
+impl ServiceSnapshot {
+    /// Builds a snapshot from the raw `HGETALL` entries of `sf:{<ns>:state:<svc>}`.
+    pub fn from_hash<I, K, V>(entries: I, now_ms: u64, policy: SelectionPolicy) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut states = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for (field, value) in entries {
+            let (field, value) = (field.as_ref(), value.as_ref());
+            let Some(index) = parse_field(field) else {
+                skipped.push(Skipped {
+                    field: super::pod_state::truncate(field),
+                    reason: "field is not a pod index".into(),
+                });
+                continue;
+            };
+            match PodState::parse(value) {
+                Ok(state) => {
+                    states.insert(index, state);
+                }
+                Err(e) => skipped.push(Skipped { field: field.to_owned(), reason: e.to_string() }),
+            }
+        }
+        Self::from_states(states, now_ms, policy, skipped)
+    }
+
+    /// Builds a snapshot from parsed states.
+    pub fn from_states(
+        states: impl IntoIterator<Item = (u32, PodState)>,
+        now_ms: u64,
+        policy: SelectionPolicy,
+        skipped: Vec<Skipped>,
+    ) -> Self {
+        let pods: BTreeMap<u32, PodView> = states
+            .into_iter()
+            .map(|(index, state)| (index, PodView { index, state, alive: state.is_fresh(now_ms, policy.window_ms) }))
+            .collect();
+        let routable = || pods.values().filter(|p| p.alive && p.state.routing == RoutingState::Ready);
+        let good = match routable().map(|p| p.state.weighted_load).min() {
+            Some(min) => {
+                let limit = min.saturating_add(policy.range);
+                routable().filter(|p| p.state.weighted_load <= limit).map(|p| p.index).collect()
+            }
+            None => Vec::new(),
+        };
+        Self { pods, good, now_ms, policy, skipped }
+    }
+
+    pub fn classify(&self, pod: u32) -> Classified {
+        match self.pods.get(&pod) {
+            None => Classified::Absent,
+            Some(v) if v.alive => Classified::Alive(v.state),
+            Some(v) => Classified::Stale(v.state),
+        }
+    }
+
+    pub fn is_alive(&self, pod: u32) -> bool {
+        matches!(self.classify(pod), Classified::Alive(_))
+    }
+
+    /// Alive and READY: may take new users.
+    pub fn is_routable(&self, pod: u32) -> bool {
+        matches!(self.classify(pod), Classified::Alive(s) if s.routing.accepts_new())
+    }
+
+    /// Alive and not SHUTDOWN: users already linked to it keep reaching it.
+    pub fn is_available(&self, pod: u32) -> bool {
+        matches!(self.classify(pod), Classified::Alive(s) if s.routing.keeps_linked())
+    }
+
+    /// Good pods for new users, in ascending index.
+    pub fn good_pods(&self) -> &[u32] {
+        &self.good
+    }
+
+    pub fn alive_pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values().filter(|p| p.alive)
+    }
+
+    pub fn routable_pods(&self) -> impl Iterator<Item = u32> + '_ {
+        self.alive_pods().filter(|p| p.state.routing.accepts_new()).map(|p| p.index)
+    }
+
+    /// Every pod with a parsable state, fresh or not, in ascending index.
+    pub fn pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values()
+    }
+
+    /// The routing state a pod is seen in: `None` when it is absent or stale.
+    pub fn routing_of(&self, pod: u32) -> Option<RoutingState> {
+        match self.classify(pod) {
+            Classified::Alive(s) => Some(s.routing),
+            _ => None,
+        }
+    }
+
+    /// Picks a good pod with a caller-supplied random value: `good[random % good.len()]`.
+    pub fn pick(&self, random: u32) -> Option<u32> {
+        if self.good.is_empty() {
+            return None;
+        }
+        Some(self.good[random as usize % self.good.len()])
+    }
+}
+
+/// A state-hash field is a pod index: canonical decimal within u32.
+pub fn parse_field(field: &str) -> Option<u32> {
+    let canonical =
+        !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()) && (field == "0" || !field.starts_with('0'));
+    canonical.then(|| field.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use RoutingState::*;
+
+    const NOW: u64 = 1_000_000;
+    const POLICY: SelectionPolicy = SelectionPolicy { window_ms: 30_000, range: 500 };
+
+    fn snap(states: &[(u32, u64, u64, RoutingState)]) -> ServiceSnapshot {
+        ServiceSnapshot::from_states(
+            states.iter().map(|&(i, load, age, r)| (i, PodState::new(load, NOW - age, r))),
+            NOW,
+            POLICY,
+            vec![],
+        )
+    }
+
+    #[test]
+    fn classification_table() {
+        let s = snap(&[(0, 10, 0, Ready), (1, 10, 0, DenyNewCall), (2, 10, 0, Shutdown), (3, 10, 30_001, Ready)]);
+        // (pod, alive, routable, available)
+        for (pod, alive, routable, available) in
+            [(0, true, true, true), (1, true, false, true), (2, true, false, false), (3, false, false, false), (9, false, false, false)]
+        {
+            assert_eq!((s.is_alive(pod), s.is_routable(pod), s.is_available(pod)), (alive, routable, available), "pod {pod}");
+        }
+        assert_eq!(s.classify(9), Classified::Absent);
+        assert!(matches!(s.classify(3), Classified::Stale(_)));
+        assert_eq!(s.routing_of(1), Some(DenyNewCall));
+        assert_eq!(s.routing_of(3), None);
+    }
+
+    #[test]
+    fn good_is_within_range_of_the_least_loaded_ready_pod() {
+        // The least loaded pod overall is draining; it must not set the baseline.
+        let s = snap(&[(0, 0, 0, DenyNewCall), (1, 1000, 0, Ready), (2, 1500, 0, Ready), (3, 1501, 0, Ready), (4, 900, 40_000, Ready)]);
+        assert_eq!(s.good_pods(), &[1, 2]);
+        assert_eq!(s.routable_pods().collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn pod_zero_is_a_real_pod() {
+        let s = snap(&[(0, 5, 0, Ready)]);
+        assert_eq!(s.good_pods(), &[0]);
+        assert_eq!(s.pick(12345), Some(0));
+    }
+
+    #[test]
+    fn nothing_routable_means_no_pick() {
+        assert_eq!(snap(&[]).pick(0), None);
+        assert_eq!(snap(&[(0, 1, 0, DenyNewCall), (1, 1, 0, Shutdown), (2, 1, 99_999, Ready)]).pick(7), None);
+    }
+
+    #[test]
+    fn garbage_entries_are_skipped_not_fatal() {
+        let s = ServiceSnapshot::from_hash(
+            [("0", "5-1000000-0"), ("x", "5-1000000-0"), ("1", "garbage"), ("01", "1-1000000-0"), ("2", "7-999999-1")],
+            NOW,
+            POLICY,
+        );
+        assert_eq!(s.pods().map(|p| p.index).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(s.skipped.len(), 3);
+        assert!(s.skipped.iter().any(|k| k.field == "1" && k.reason.contains("garbage")));
+    }
+
+    #[test]
+    fn pick_is_modulo_over_ascending_good_pods() {
+        let s = snap(&[(5, 1, 0, Ready), (2, 1, 0, Ready), (9, 1, 0, Ready)]);
+        assert_eq!([0, 1, 2, 3].map(|r| s.pick(r).unwrap()), [2, 5, 9, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn picks_are_always_good_routable_and_fresh(
+            pods in proptest::collection::btree_map(0u32..50, (0u64..3000, 0u64..60_000, 0u8..3), 0..30),
+            random in any::<u32>(),
+        ) {
+            let s = ServiceSnapshot::from_states(
+                pods.iter().map(|(&i, &(load, age, r))| (i, PodState::new(load, NOW - age, RoutingState::from_ordinal(r).unwrap()))),
+                NOW, POLICY, vec![]);
+            let min_ready = s.routable_pods().map(|i| pods[&i].0).min();
+            match s.pick(random) {
+                Some(p) => {
+                    prop_assert!(s.is_routable(p));
+                    prop_assert!(pods[&p].0 <= min_ready.unwrap() + POLICY.range);
+                }
+                None => prop_assert!(min_ready.is_none()),
+            }
+            // Every good pod can be picked.
+            for (k, &g) in s.good_pods().iter().enumerate() {
+                prop_assert_eq!(s.pick(k as u32), Some(g));
+            }
+        }
+    }
+}

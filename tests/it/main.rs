@@ -1,0 +1,8 @@
+//! Integration tests against the real local control plane and real Redis.
+//!
+//! Run them with `make test` (starts the cluster when needed), or after `make cluster-up` with
+//! `source .cluster/env && cargo test --test it`.
+
+mod support;
+
+mod cluster_smoke;
