@@ -1,5 +1,15 @@
 //! routestate: stateful routing for StatefulSets, kept in Redis.
 //!
 //! - [`core`]: the pure wire contract and rules (codecs, keys, selection), no I/O.
+//! - [`store`]: the async Redis shell: connections, link scripts, pod-state hashes.
+//! - [`client`]: the read model (state cache, notifications) and the client role (placement).
+//! - [`operator`]: the RouteState operator (CRD, controller, Redis publisher, leader election).
+//! - [`cli`]: the `routestate` command line.
+//! - [`server`]: the server role for code inside a pod (state reports, own links, drain).
 
+pub mod cli;
+pub mod client;
 pub mod core;
+pub mod operator;
+pub mod server;
+pub mod store;

@@ -1,0 +1,208 @@
+//! Connecting to Redis: standalone (through a reconnecting [`ConnectionManager`]) or Redis
+//! Cluster (through the redis crate's async cluster client), plain `redis://` or TLS `rediss://`
+//! with an optional private CA, an optional password and per-operation timeouts.
+//!
+//! Final signatures (others depend on them):
+//! ```text
+//! pub struct RedisOptions { urls: Vec<String>, cluster: bool, password: Option<String>,
+//!                           ca_file: Option<PathBuf>, op_timeout: Duration }
+//! #[derive(Clone)] pub enum RedisConn { Single(ConnectionManager), Cluster(ClusterConnection) }
+//! impl redis::aio::ConnectionLike for RedisConn
+//! pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError>;
+//! pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError>;
+//! ```
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use redis::{
+    Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+};
+
+use super::error::{StoreError, redact_url};
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// redis://, rediss:// (TLS) URL; for Redis Cluster, the seed URLs.
+    pub urls: Vec<String>,
+    /// Whether `urls` are seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// Overrides the URL's password (read from a file/secret by callers; never logged).
+    pub password: Option<String>,
+    /// PEM file of a CA to trust for rediss:// (self-signed test CA); system roots otherwise.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Limit for connecting and for every single operation.
+    pub op_timeout: std::time::Duration,
+}
+
+/// Default per-operation timeout.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisOptions {
+    /// Options for one standalone server URL with the default timeout.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self { urls: vec![url.into()], cluster: false, password: None, ca_file: None, op_timeout: DEFAULT_OP_TIMEOUT }
+    }
+
+    /// Options for a Redis Cluster given its seed URLs, with the default timeout.
+    pub fn cluster(urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            urls: urls.into_iter().map(Into::into).collect(),
+            cluster: true,
+            password: None,
+            ca_file: None,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        }
+    }
+
+    /// The URLs with passwords redacted, for logs and errors.
+    pub fn redacted_urls(&self) -> String {
+        self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("urls", &self.redacted_urls())
+            .field("cluster", &self.cluster)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+/// A connection to standalone Redis or to a Redis Cluster. Cheap to clone (both variants are
+/// multiplexed handles); `redis::cmd`, `redis::pipe` and `redis::Script` work on both.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// A standalone server, reconnecting automatically.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+impl RedisConn {
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn tls_certificates(opts: &RedisOptions) -> Result<Option<TlsCertificates>, StoreError> {
+    let Some(path) = &opts.ca_file else { return Ok(None) };
+    let pem = std::fs::read(path).map_err(|source| StoreError::CaFile { path: PathBuf::from(path), source })?;
+    Ok(Some(TlsCertificates { client_tls: None, root_cert: Some(pem) }))
+}
+
+fn connection_info(url: &str, password: Option<&str>) -> Result<redis::ConnectionInfo, StoreError> {
+    let info = url.into_connection_info().map_err(|source| StoreError::InvalidUrl { url: redact_url(url), source })?;
+    Ok(match password {
+        Some(pw) => {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info.set_redis_settings(settings)
+        }
+        None => info,
+    })
+}
+
+/// Connects to Redis. Connecting is bounded by `op_timeout`; so is every later command (the
+/// redis crate's response timeout, and the store's own timeout around each operation).
+pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
+    let first = opts.urls.first().ok_or(StoreError::NoUrl)?;
+    let redacted = opts.redacted_urls();
+    let certs = tls_certificates(opts)?;
+    if opts.urls.iter().any(|u| u.starts_with("rediss://")) {
+        // rustls needs one process-wide crypto provider; a second install is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let connect_err = |source| StoreError::Connect { url: redacted.clone(), source };
+    let timed_out = || StoreError::ConnectTimeout { url: redacted.clone(), timeout: opts.op_timeout };
+    if opts.cluster {
+        let infos = opts
+            .urls
+            .iter()
+            .map(|u| connection_info(u, opts.password.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = ClusterClientBuilder::new(infos)
+            .connection_timeout(opts.op_timeout)
+            .response_timeout(opts.op_timeout);
+        if let Some(pw) = &opts.password {
+            builder = builder.password(pw);
+        }
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(connect_err)?;
+        let conn = tokio::time::timeout(opts.op_timeout, client.get_async_connection())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(connect_err)?;
+        Ok(RedisConn::Cluster(conn))
+    } else {
+        let info = connection_info(first, opts.password.as_deref())?;
+        let client = match certs {
+            Some(certs) => Client::build_with_tls(info, certs),
+            None => Client::open(info),
+        }
+        .map_err(connect_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.op_timeout))
+            .set_response_timeout(Some(opts.op_timeout));
+        let conn = tokio::time::timeout(opts.op_timeout, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(connect_err)?;
+        Ok(RedisConn::Single(conn))
+    }
+}
+
+/// Redis server time in epoch milliseconds (TIME).
+pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(|source| StoreError::Redis { op: "TIME", key: "-".into(), source })?;
+    Ok(secs * 1000 + micros / 1000)
+}
