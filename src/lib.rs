@@ -1,8 +1,6 @@
 //! routestate: stateful routing for StatefulSets, kept in Redis.
 //!
 //! - [`core`]: the pure wire contract and rules (codecs, keys, selection), no I/O.
-//! - [`operator`]: the RouteState operator (CRD, controller, Redis publisher, leader election).
-//! - [`cli`]: the `routestate` command line.
 //! - [`store`]: the async Redis shell: connections, link scripts, pod-state hashes.
 //! - [`client`]: the read model (state cache, notifications) and the client role (placement).
 //! - [`operator`]: the RouteState operator (CRD, controller, Redis publisher, leader election).
@@ -11,9 +9,7 @@
 
 pub mod cli;
 pub mod client;
-pub mod cli;
 pub mod core;
-pub mod operator;
 pub mod operator;
 pub mod server;
 pub mod store;
