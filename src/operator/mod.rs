@@ -2,5 +2,8 @@
 //! the Redis publisher, leader election, the server-role transport and the HTTP endpoints.
 
 pub mod crd;
+pub mod derive;
 
-pub use crd::{PodOverride, PodSummary, RouteState, RouteStateSpec, RouteStateStatus, RoutingStateName};
+pub use crd::{
+    PodOverride, PodSummary, RouteState, RouteStateSpec, RouteStateStatus, RoutingStateName,
+};
