@@ -1,8 +1,98 @@
 //! The thin async Redis shell over the wire contract v1 (`docs/wire-contract.md`): connections,
 //! the link scripts and the pod-state hashes. All Lua lives in `src/store/lua/`.
+//!
+//! [`Store`] is the handle: a [`RedisConn`] (standalone or cluster, behind the same API) and the
+//! per-operation timeout. Every operation is bounded by that timeout and fails with a
+//! [`StoreError`] naming the operation and the key.
 
 pub mod connection;
 pub mod error;
+pub mod links;
+pub mod scripts;
+pub mod states;
+
+use std::{future::Future, time::Duration};
 
 pub use connection::{DEFAULT_OP_TIMEOUT, RedisConn, RedisOptions, connect, server_time_ms};
 pub use error::{StoreError, redact_url};
+pub use links::{LinkTtl, PERSIST_FOREVER, PickParams, Placement, TrySetOutcome};
+pub use states::ServiceStates;
+
+/// A handle on the Redis store: cheap to clone, safe to share between tasks.
+#[derive(Clone, Debug)]
+pub struct Store {
+    conn: RedisConn,
+    op_timeout: Duration,
+}
+
+impl Store {
+    /// Wraps an existing connection.
+    pub fn new(conn: RedisConn, op_timeout: Duration) -> Self {
+        Self { conn, op_timeout }
+    }
+
+    /// Connects with `opts` (see [`connect`]).
+    pub async fn connect(opts: &RedisOptions) -> Result<Self, StoreError> {
+        Ok(Self::new(connect(opts).await?, opts.op_timeout))
+    }
+
+    /// A clone of the underlying connection, for commands outside this API.
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    /// The per-operation timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Redis server time in epoch milliseconds.
+    pub async fn server_time_ms(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed("TIME", "-", async move { server_time_ms(&mut conn).await })
+            .await
+    }
+
+    /// Runs one operation under the per-operation timeout, naming `op` and `key` on failure.
+    pub(crate) async fn timed<T, E, F>(
+        &self,
+        op: &'static str,
+        key: &str,
+        fut: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: IntoStoreError,
+    {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.into_store_error(op, key)),
+            Err(_) => Err(StoreError::Timeout {
+                op,
+                key: key.to_owned(),
+                timeout: self.op_timeout,
+            }),
+        }
+    }
+}
+
+/// Errors an operation inside [`Store::timed`] may produce.
+pub(crate) trait IntoStoreError {
+    fn into_store_error(self, op: &'static str, key: &str) -> StoreError;
+}
+
+impl IntoStoreError for redis::RedisError {
+    fn into_store_error(self, op: &'static str, key: &str) -> StoreError {
+        StoreError::Redis {
+            op,
+            key: key.to_owned(),
+            source: self,
+        }
+    }
+}
+
+impl IntoStoreError for StoreError {
+    fn into_store_error(self, _op: &'static str, _key: &str) -> StoreError {
+        self
+    }
+}

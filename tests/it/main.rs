@@ -6,3 +6,4 @@
 mod support;
 
 mod cluster_smoke;
+mod store_links;

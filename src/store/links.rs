@@ -1,0 +1,468 @@
+//! Link operations (wire contract v1, the original's §3.3 with the §8 fixes). A link maps
+//! (ns, uid, svc) to a pod index: `sf:{<ns>:lk:<uid>}<svc>` holds the pod, with no TTL when
+//! persistent (then also recorded in the uid's hash `sf:{<ns>:lk:<uid>}`) or with a TTL when
+//! temporary. Every write is one Lua script over both keys (one slot), so it is atomic on
+//! standalone Redis and on Redis Cluster.
+
+use std::collections::BTreeMap;
+
+use super::{Store, StoreError, scripts};
+use crate::core::{
+    Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field, staleness_window_ms,
+};
+use futures::future::try_join_all;
+
+/// The wire value of a persistent TTL (and of "no link" in script replies).
+pub const PERSIST_FOREVER: i64 = -1;
+
+/// How long a link lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTtl {
+    /// No TTL; recorded in the uid's hash of persistent links. Written by the pod owning the user.
+    Persistent,
+    /// Expires after this many seconds (must be > 0). Written by clients placing users.
+    Temporary(u64),
+}
+
+impl LinkTtl {
+    /// The default temporary TTL ([`TEMP_LINK_TTL_SECS`]).
+    pub const fn temporary() -> Self {
+        LinkTtl::Temporary(TEMP_LINK_TTL_SECS)
+    }
+
+    /// The wire value: -1 for persistent, the seconds otherwise; a temporary TTL of 0 (which
+    /// Redis would turn into an immediate delete) is rejected.
+    pub fn wire(self, op: &'static str) -> Result<i64, StoreError> {
+        match self {
+            LinkTtl::Persistent => Ok(PERSIST_FOREVER),
+            LinkTtl::Temporary(secs) => {
+                i64::try_from(secs).ok().filter(|&s| s > 0).ok_or_else(|| {
+                    StoreError::InvalidArgument {
+                        op,
+                        reason: format!(
+                            "temporary link TTL must be 1..=i64::MAX seconds, got {secs}"
+                        ),
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The reply of [`Store::try_set_linked_pod`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrySetOutcome {
+    /// Whether the link now points to the requested pod.
+    pub success: bool,
+    /// The pod the link points to now.
+    pub current: u32,
+    /// The pod it pointed to before, if any.
+    pub previous: Option<u32>,
+}
+
+/// The reply of a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The pod the user is linked to.
+    pub pod: u32,
+    /// Whether this call created the link (false: an existing, still available link was kept).
+    pub created: bool,
+}
+
+/// Inputs of the `pick_and_link` script besides the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PickParams {
+    /// TTL of the temporary link written for a new placement (> 0).
+    pub temp_ttl_secs: u64,
+    /// Caller-supplied random value: the pick is `good[random % good.len()]`.
+    pub random: u32,
+    /// Good range above the least-loaded READY pod.
+    pub range: u64,
+    /// Staleness window used when the service's meta hash has no `updatePeriodSeconds`.
+    pub fallback_window_ms: u64,
+}
+
+/// Converts a script's integer pod reply (-1 = none).
+fn wire_pod(op: &'static str, key: &str, v: i64) -> Result<Option<u32>, StoreError> {
+    match v {
+        -1 => Ok(None),
+        v => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| StoreError::reply(op, key, v)),
+    }
+}
+
+/// Parses a stored link value: a canonical decimal pod index.
+fn stored_pod(op: &'static str, key: &str, v: &str) -> Result<u32, StoreError> {
+    parse_field(v).ok_or_else(|| StoreError::reply(op, key, v))
+}
+
+struct LinkKeys {
+    link: String,
+    hash: String,
+}
+
+fn link_keys(op: &'static str, ns: &str, uid: &str, svc: &str) -> Result<LinkKeys, StoreError> {
+    Ok(LinkKeys {
+        link: Keys::link(ns, uid, svc).map_err(StoreError::key(op))?,
+        hash: Keys::link_hash(ns, uid).map_err(StoreError::key(op))?,
+    })
+}
+
+impl Store {
+    /// Runs a link script with KEYS = [link, link hash] and ARGV = [svc, pod-or-persist, …].
+    async fn link_script<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        keys: &LinkKeys,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T, StoreError> {
+        let mut inv = script.key(&keys.link);
+        inv.key(&keys.hash);
+        args(&mut inv);
+        let mut conn = self.conn.clone();
+        self.timed(op, &keys.link, inv.invoke_async(&mut conn))
+            .await
+    }
+
+    /// Links (ns, uid, svc) to `pod` unconditionally; returns the previous pod.
+    pub async fn set_linked_pod(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        pod: u32,
+        ttl: LinkTtl,
+    ) -> Result<Option<u32>, StoreError> {
+        const OP: &str = "set_linked_pod";
+        let (keys, ttl) = (link_keys(OP, ns, uid, svc)?, ttl.wire(OP)?);
+        let prev: i64 = self
+            .link_script(OP, &scripts::SET_LINK, &keys, |i| {
+                i.arg(svc).arg(pod).arg(ttl);
+            })
+            .await?;
+        wire_pod(OP, &keys.link, prev)
+    }
+
+    /// Links (ns, uid, svc) to `pod` unless a link exists; returns the pod actually linked
+    /// (first writer wins). An existing link is left exactly as it is.
+    pub async fn set_linked_pod_if_absent(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        pod: u32,
+        ttl: LinkTtl,
+    ) -> Result<u32, StoreError> {
+        const OP: &str = "set_linked_pod_if_absent";
+        let (keys, ttl) = (link_keys(OP, ns, uid, svc)?, ttl.wire(OP)?);
+        let linked: i64 = self
+            .link_script(OP, &scripts::SET_LINK_IF_ABSENT, &keys, |i| {
+                i.arg(svc).arg(pod).arg(ttl);
+            })
+            .await?;
+        wire_pod(OP, &keys.link, linked)?.ok_or_else(|| StoreError::reply(OP, &keys.link, linked))
+    }
+
+    /// Links (ns, uid, svc) to `pod` unless another pod holds a persistent link. A temporary link
+    /// to another pod is overridden.
+    pub async fn try_set_linked_pod(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        pod: u32,
+        ttl: LinkTtl,
+    ) -> Result<TrySetOutcome, StoreError> {
+        const OP: &str = "try_set_linked_pod";
+        let (keys, ttl) = (link_keys(OP, ns, uid, svc)?, ttl.wire(OP)?);
+        let (success, current, previous): (i64, i64, i64) = self
+            .link_script(OP, &scripts::TRY_SET_LINK, &keys, |i| {
+                i.arg(svc).arg(pod).arg(ttl);
+            })
+            .await?;
+        let current = wire_pod(OP, &keys.link, current)?
+            .ok_or_else(|| StoreError::reply(OP, &keys.link, current))?;
+        Ok(TrySetOutcome {
+            success: success == 1,
+            current,
+            previous: wire_pod(OP, &keys.link, previous)?,
+        })
+    }
+
+    /// Removes the link. `persist_seconds > 0` keeps it readable as a temporary link for that
+    /// long (delayed removal) and drops it from the persistent hash now; 0 deletes it now.
+    /// Returns whether a link existed.
+    pub async fn remove_linked_pod(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        persist_seconds: u64,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "remove_linked_pod";
+        let keys = link_keys(OP, ns, uid, svc)?;
+        let persist = persist_arg(OP, persist_seconds)?;
+        let removed: i64 = self
+            .link_script(OP, &scripts::REMOVE_LINK, &keys, |i| {
+                i.arg(svc).arg(persist);
+            })
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Like [`Store::remove_linked_pod`], but only while the link points to `pod`.
+    pub async fn remove_linked_pod_with_id(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        pod: u32,
+        persist_seconds: u64,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "remove_linked_pod_with_id";
+        let keys = link_keys(OP, ns, uid, svc)?;
+        let persist = persist_arg(OP, persist_seconds)?;
+        let removed: i64 = self
+            .link_script(OP, &scripts::REMOVE_LINK, &keys, |i| {
+                i.arg(svc).arg(persist).arg(pod);
+            })
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// The pod (ns, uid, svc) is linked to, persistent or temporary.
+    pub async fn get_linked_pod(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        const OP: &str = "get_linked_pod";
+        let key = Keys::link(ns, uid, svc).map_err(StoreError::key(OP))?;
+        let mut conn = self.conn.clone();
+        let v: Option<String> = self
+            .timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await?;
+        v.map(|v| stored_pod(OP, &key, &v)).transpose()
+    }
+
+    /// The pod (ns, uid, svc) is linked to, only if the link is persistent.
+    pub async fn get_linked_pod_if_persist(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        const OP: &str = "get_linked_pod_if_persist";
+        let key = Keys::link(ns, uid, svc).map_err(StoreError::key(OP))?;
+        let mut conn = self.conn.clone();
+        let pod: i64 = self
+            .timed(
+                OP,
+                &key,
+                scripts::GET_LINK_IF_PERSIST
+                    .key(&key)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        wire_pod(OP, &key, pod)
+    }
+
+    /// A uid's persistent links: service → pod. Unparsable entries are skipped with a warning.
+    pub async fn get_link_services(
+        &self,
+        ns: &str,
+        uid: &str,
+    ) -> Result<BTreeMap<String, u32>, StoreError> {
+        const OP: &str = "get_link_services";
+        let key = Keys::link_hash(ns, uid).map_err(StoreError::key(OP))?;
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, String)> = self
+            .timed(
+                OP,
+                &key,
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn),
+            )
+            .await?;
+        let mut out = BTreeMap::new();
+        for (svc, pod) in entries {
+            match parse_field(&pod) {
+                Some(pod) => {
+                    out.insert(svc, pod);
+                }
+                None => {
+                    tracing::warn!(key, svc, value = %crate::core::pod_state::truncate(&pod), "skipping a link that is not a pod index")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Links of many uids to one service, grouped as pod → uids. Uids without a link (or with an
+    /// unparsable one, warned about) are left out. No cross-slot MGET: one pipeline of GETs per
+    /// slot, the slots in parallel, so it works on Redis Cluster.
+    pub async fn batch_get_linked_pod<S: AsRef<str>>(
+        &self,
+        ns: &str,
+        uids: &[S],
+        svc: &str,
+    ) -> Result<BTreeMap<u32, Vec<String>>, StoreError> {
+        const OP: &str = "batch_get_linked_pod";
+        let mut groups: BTreeMap<u16, Vec<(&str, String)>> = BTreeMap::new();
+        for uid in uids {
+            let key = Keys::link(ns, uid.as_ref(), svc).map_err(StoreError::key(OP))?;
+            let slot = if self.conn.is_cluster() {
+                hash_slot(&key)
+            } else {
+                0
+            };
+            groups.entry(slot).or_default().push((uid.as_ref(), key));
+        }
+        let replies = try_join_all(groups.values().map(|group| async move {
+            let mut pipe = redis::pipe();
+            for (_, key) in group {
+                pipe.cmd("GET").arg(key);
+            }
+            let mut conn = self.conn.clone();
+            let values: Vec<Option<String>> = self
+                .timed(OP, &group[0].1, pipe.query_async(&mut conn))
+                .await?;
+            Ok::<_, StoreError>(
+                group
+                    .iter()
+                    .zip(values)
+                    .map(|((uid, key), v)| (*uid, key.as_str(), v))
+                    .collect::<Vec<_>>(),
+            )
+        }))
+        .await?;
+        let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (uid, key, value) in replies.into_iter().flatten() {
+            let Some(value) = value else { continue };
+            match parse_field(&value) {
+                Some(pod) => out.entry(pod).or_default().push(uid.to_owned()),
+                None => {
+                    tracing::warn!(key, value = %crate::core::pod_state::truncate(&value), "skipping a link that is not a pod index")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Places a user in one script: keeps an existing link whose pod is still available,
+    /// otherwise links a good pod (`good[random % good.len()]`, ascending index) temporarily.
+    /// `None` when there is no link to keep and nothing is routable.
+    ///
+    /// Standalone Redis: one round trip, the script reads the state hash, its meta hash and
+    /// `TIME` itself. Redis Cluster (the state hash lives in another slot): one pipelined
+    /// HGETALL + HGET + TIME on the state slot, then the script on the link slot with the
+    /// entries and the time as arguments — two round trips, still race-free on the link.
+    pub async fn pick_and_link(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        params: PickParams,
+    ) -> Result<Option<Placement>, StoreError> {
+        const OP: &str = "pick_and_link";
+        let keys = link_keys(OP, ns, uid, svc)?;
+        check_pick(OP, &params)?;
+        if self.conn.is_cluster() {
+            let states = self.read_service(ns, svc).await?;
+            let window = states
+                .update_period_secs
+                .map(staleness_window_ms)
+                .unwrap_or(params.fallback_window_ms);
+            return self
+                .pick_and_link_inline(ns, uid, svc, params, states.now_ms, window, &states.entries)
+                .await;
+        }
+        let state = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
+        let meta = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
+        let mut inv = scripts::PICK_AND_LINK.key(&keys.link);
+        inv.key(&keys.hash).key(&state).key(&meta);
+        inv.arg(svc)
+            .arg(params.temp_ttl_secs)
+            .arg(params.random)
+            .arg(params.range)
+            .arg("redis")
+            .arg(params.fallback_window_ms);
+        let mut conn = self.conn.clone();
+        let reply: (i64, i64) = self
+            .timed(OP, &keys.link, inv.invoke_async(&mut conn))
+            .await?;
+        placement(OP, &keys.link, reply)
+    }
+
+    /// `pick_and_link` with the state entries and the judging time given by the caller (the
+    /// Redis Cluster path; public so the Lua selection can be checked against
+    /// [`crate::core::ServiceSnapshot::pick`] on the same inputs).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pick_and_link_inline(
+        &self,
+        ns: &str,
+        uid: &str,
+        svc: &str,
+        params: PickParams,
+        now_ms: u64,
+        window_ms: u64,
+        entries: &[(String, String)],
+    ) -> Result<Option<Placement>, StoreError> {
+        const OP: &str = "pick_and_link";
+        let keys = link_keys(OP, ns, uid, svc)?;
+        check_pick(OP, &params)?;
+        let mut inv = scripts::PICK_AND_LINK.key(&keys.link);
+        inv.key(&keys.hash);
+        inv.arg(svc)
+            .arg(params.temp_ttl_secs)
+            .arg(params.random)
+            .arg(params.range)
+            .arg("inline")
+            .arg(now_ms)
+            .arg(window_ms);
+        for (field, value) in entries {
+            inv.arg(field).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let reply: (i64, i64) = self
+            .timed(OP, &keys.link, inv.invoke_async(&mut conn))
+            .await?;
+        placement(OP, &keys.link, reply)
+    }
+}
+
+fn persist_arg(op: &'static str, secs: u64) -> Result<i64, StoreError> {
+    i64::try_from(secs).map_err(|_| StoreError::InvalidArgument {
+        op,
+        reason: format!("persist seconds {secs} out of range"),
+    })
+}
+
+fn check_pick(op: &'static str, p: &PickParams) -> Result<(), StoreError> {
+    LinkTtl::Temporary(p.temp_ttl_secs).wire(op)?;
+    // Lua numbers are doubles: keep the arithmetic exact.
+    const MAX_EXACT: u64 = 1 << 53;
+    if p.range > MAX_EXACT || p.fallback_window_ms > MAX_EXACT {
+        return Err(StoreError::InvalidArgument {
+            op,
+            reason: format!(
+                "range {} / window {} must be ≤ 2^53",
+                p.range, p.fallback_window_ms
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn placement(
+    op: &'static str,
+    key: &str,
+    (pod, created): (i64, i64),
+) -> Result<Option<Placement>, StoreError> {
+    Ok(wire_pod(op, key, pod)?.map(|pod| Placement {
+        pod,
+        created: created == 1,
+    }))
+}
