@@ -7,3 +7,4 @@ mod support;
 
 mod cluster_smoke;
 mod store_links;
+mod store_states;
