@@ -5,6 +5,9 @@
 
 mod support;
 
+mod client_read_model;
+mod client_role;
 mod cluster_smoke;
+mod operator_core;
 mod store_links;
 mod store_states;
