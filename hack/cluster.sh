@@ -21,6 +21,24 @@ log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A Redis Cluster node also listens on port+10000 (its cluster bus), so both must be free.
+free_cluster_port() {
+  python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 55535)
+    if free(p) and free(p + 10000):
+        print(p); break
+PY
+}
 
 pid_of() { [[ -f $D/pids/$1.pid ]] && cat "$D/pids/$1.pid"; }
 running() { local p; p=$(pid_of "$1") || return 1; kill -0 "$p" 2>/dev/null; }
@@ -57,7 +75,7 @@ init_config() {
   {
     echo "ETCD_PORT=$(free_port)"; echo "ETCD_PEER_PORT=$(free_port)"; echo "API_PORT=$(free_port)"
     echo "KCM_PORT=$(free_port)"; echo "SCHED_PORT=$(free_port)"; echo "REDIS_PORT=$(free_port)"
-    echo "REDIS_CLUSTER_PORTS=\"$(free_port) $(free_port) $(free_port)\""
+    echo "REDIS_CLUSTER_PORTS=\"$(free_cluster_port) $(free_cluster_port) $(free_cluster_port)\""
     echo "ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
   } >"$D/config.tmp"
   mv "$D/config.tmp" "$D/config"
@@ -188,6 +206,7 @@ start_redis_cluster() {
 }
 
 write_env() {
+  need_bin
   local urls="" port
   for port in $REDIS_CLUSTER_PORTS; do urls+="${urls:+,}redis://127.0.0.1:$port"; done
   cat >"$D/env" <<ENV
@@ -210,6 +229,7 @@ component_running() {
 start_component() {
   if component_running "$1"; then return 0; fi
   local t0=$SECONDS
+  case $1 in redis | redis-cluster) ;; *) need_bin ;; esac
   case $1 in
     etcd) start_etcd ;;
     kube-apiserver) start_kube_apiserver; write_kubeconfig ;;
@@ -250,6 +270,12 @@ load() {
   init_config
   # shellcheck disable=SC1091
   source "$D/config"
+  BIN=""
+}
+
+# The Go binaries are only needed by the Kubernetes components; Redis starts without them.
+need_bin() {
+  [[ -n $BIN ]] && return 0
   BIN=$("$ROOT/hack/testbin/build.sh")
   KUBECTL=$BIN/kubectl
 }
@@ -278,6 +304,6 @@ case $cmd in
     curl -sfk "https://127.0.0.1:$API_PORT/readyz" >/dev/null || { log "kube-apiserver not ready"; exit 1; }
     ;;
   stop) [[ -n ${2:-} ]] || die "usage: cluster.sh stop COMPONENT"; stop_component "$2" ;;
-  start) [[ -n ${2:-} ]] || die "usage: cluster.sh start COMPONENT"; load; start_component "$2"; write_env ;;
+  start) [[ -n ${2:-} ]] || die "usage: cluster.sh start COMPONENT"; load; start_component "$2"; [[ -f $D/kubeconfig ]] && write_env; true ;;
   *) die "usage: cluster.sh up|down|env|status|stop NAME|start NAME" ;;
 esac
