@@ -9,5 +9,6 @@ mod client_read_model;
 mod client_role;
 mod cluster_smoke;
 mod operator_core;
+mod server_driver;
 mod store_links;
 mod store_states;
