@@ -114,6 +114,46 @@ impl Store {
         self.timed(OP, &key, cmd.exec_async(&mut conn)).await
     }
 
+    /// Writes the states of many services of one namespace: one `HSET` per service, pipelined
+    /// (per hash slot on Redis Cluster, the slots in parallel).
+    pub async fn set_services_pod_states<S: AsRef<str>>(
+        &self,
+        ns: &str,
+        services: &[(S, Vec<(u32, PodState)>)],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "set_services_pod_states";
+        let mut groups: std::collections::BTreeMap<u16, redis::Pipeline> =
+            std::collections::BTreeMap::new();
+        let mut first_key: std::collections::BTreeMap<u16, String> =
+            std::collections::BTreeMap::new();
+        for (svc, states) in services {
+            let key = Keys::state(ns, svc.as_ref()).map_err(StoreError::key(OP))?;
+            if states.is_empty() {
+                continue;
+            }
+            let slot = if self.conn.is_cluster() {
+                crate::core::keys::hash_slot(&key)
+            } else {
+                0
+            };
+            let pipe = groups.entry(slot).or_insert_with(redis::pipe);
+            pipe.cmd("HSET").arg(&key);
+            for (pod, state) in states {
+                pipe.arg(pod).arg(state.encode());
+            }
+            pipe.ignore();
+            first_key.entry(slot).or_insert(key);
+        }
+        let first_key = &first_key;
+        futures::future::try_join_all(groups.iter().map(|(slot, pipe)| async move {
+            let mut conn = self.conn.clone();
+            self.timed(OP, &first_key[slot], pipe.exec_async(&mut conn))
+                .await
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Removes one pod's state (`HDEL`); returns whether it existed.
     pub async fn remove_pod_state(
         &self,
