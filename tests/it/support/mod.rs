@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod operator;
 pub mod store;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -90,11 +91,13 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Deletion is asynchronous (the namespace controller finishes it); we only ask for it.
-        // A thread with its own runtime, because Drop may run inside or outside a runtime.
-        let (client, name) = (self.client.clone(), self.name.clone());
+        // It runs on a thread with its own runtime and its own client: the test's client has a
+        // background task on the test's runtime, which is blocked while we wait here.
+        let name = self.name.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
+                let client = kube_client().await;
                 let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
             });
         })
