@@ -77,7 +77,11 @@ pub fn hash_slot(key: &str) -> u16 {
         .iter()
         .position(|&b| b == b'{')
         .and_then(|open| {
-            bytes[open + 1..].iter().position(|&b| b == b'}').filter(|&len| len > 0).map(|len| &bytes[open + 1..open + 1 + len])
+            bytes[open + 1..]
+                .iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &bytes[open + 1..open + 1 + len])
         })
         .unwrap_or(bytes);
     crc16_xmodem(tagged) % 16384

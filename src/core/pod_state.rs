@@ -41,8 +41,7 @@ impl PodState {
             return Err(bad("too long"));
         }
         let mut parts = value.split('-');
-        let (Some(load), Some(ts), Some(state), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(load), Some(ts), Some(state), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected exactly three '-'-separated fields"));
         };
         let weighted_load = parse_decimal(load).ok_or_else(|| bad("weighted load is not a non-negative integer"))?;
@@ -116,8 +115,24 @@ mod tests {
     #[test]
     fn rejects_garbage_naming_the_value() {
         for bad in [
-            "", "-", "1-2", "1-2-3", "1-2-0-4", "-1-2-0", "a-2-0", "1-b-0", "1-2-x", " 1-2-0", "1-2-0 ", "+1-2-0",
-            "1--0", "1-2-", "99999999999999999999999-1-0", "state", "READY", "1.5-2-0",
+            "",
+            "-",
+            "1-2",
+            "1-2-3",
+            "1-2-0-4",
+            "-1-2-0",
+            "a-2-0",
+            "1-b-0",
+            "1-2-x",
+            " 1-2-0",
+            "1-2-0 ",
+            "+1-2-0",
+            "1--0",
+            "1-2-",
+            "99999999999999999999999-1-0",
+            "state",
+            "READY",
+            "1.5-2-0",
         ] {
             let err = PodState::parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{bad}: {err}");

@@ -177,8 +177,8 @@ pub fn parse_field(field: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use RoutingState::*;
+    use proptest::prelude::*;
 
     const NOW: u64 = 1_000_000;
     const POLICY: SelectionPolicy = SelectionPolicy { window_ms: 30_000, range: 500 };
@@ -196,10 +196,18 @@ mod tests {
     fn classification_table() {
         let s = snap(&[(0, 10, 0, Ready), (1, 10, 0, DenyNewCall), (2, 10, 0, Shutdown), (3, 10, 30_001, Ready)]);
         // (pod, alive, routable, available)
-        for (pod, alive, routable, available) in
-            [(0, true, true, true), (1, true, false, true), (2, true, false, false), (3, false, false, false), (9, false, false, false)]
-        {
-            assert_eq!((s.is_alive(pod), s.is_routable(pod), s.is_available(pod)), (alive, routable, available), "pod {pod}");
+        for (pod, alive, routable, available) in [
+            (0, true, true, true),
+            (1, true, false, true),
+            (2, true, false, false),
+            (3, false, false, false),
+            (9, false, false, false),
+        ] {
+            assert_eq!(
+                (s.is_alive(pod), s.is_routable(pod), s.is_available(pod)),
+                (alive, routable, available),
+                "pod {pod}"
+            );
         }
         assert_eq!(s.classify(9), Classified::Absent);
         assert!(matches!(s.classify(3), Classified::Stale(_)));
@@ -210,7 +218,13 @@ mod tests {
     #[test]
     fn good_is_within_range_of_the_least_loaded_ready_pod() {
         // The least loaded pod overall is draining; it must not set the baseline.
-        let s = snap(&[(0, 0, 0, DenyNewCall), (1, 1000, 0, Ready), (2, 1500, 0, Ready), (3, 1501, 0, Ready), (4, 900, 40_000, Ready)]);
+        let s = snap(&[
+            (0, 0, 0, DenyNewCall),
+            (1, 1000, 0, Ready),
+            (2, 1500, 0, Ready),
+            (3, 1501, 0, Ready),
+            (4, 900, 40_000, Ready),
+        ]);
         assert_eq!(s.good_pods(), &[1, 2]);
         assert_eq!(s.routable_pods().collect::<Vec<_>>(), vec![1, 2, 3]);
     }
