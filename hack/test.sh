@@ -36,6 +36,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 step "unit and integration tests"
-cargo test --locked --all-targets
+# Library, binary, integration and doc tests (benches are compiled by clippy above and run by `make bench`).
+cargo test --locked
 
 step "done"
