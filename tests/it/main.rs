@@ -5,6 +5,7 @@
 
 mod support;
 
+mod chart_static;
 mod client_read_model;
 mod client_role;
 mod cluster_smoke;

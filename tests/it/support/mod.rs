@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cli;
 pub mod operator;
 pub mod store;
 

@@ -1,0 +1,267 @@
+//! The Helm chart without installing it: CRDs identical to the generated ones, `helm lint`,
+//! the schema rejecting typos and password values, the rendered security settings and RBAC, and
+//! `helm template | kubectl apply --dry-run=server` accepted by the real API server.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::support::{
+    self, TestNamespace,
+    cli::{chart_dir, ok, repo_root, run},
+};
+
+/// Renders the chart with `--set` pairs into its documents.
+pub async fn render(release: &str, ns: &str, sets: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", release, chart.to_str().unwrap(), "-n", ns];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = ok("helm", &args, None).await;
+    serde_yaml::Deserializer::from_str(&out)
+        .map(|d| Value::deserialize(d).expect("helm template output is YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| {
+        d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with(name_suffix))
+    })
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs.iter().filter_map(|d| d["kind"].as_str().map(str::to_owned)).collect();
+    k.sort();
+    k
+}
+
+/// (apiGroup, resource, sorted verbs) of every rule, for exact comparison.
+fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for r in role["rules"].as_sequence().expect("rules") {
+        let verbs = {
+            let mut v: Vec<String> =
+                r["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+            v.sort();
+            v
+        };
+        for g in r["apiGroups"].as_sequence().unwrap() {
+            for res in r["resources"].as_sequence().unwrap() {
+                out.push((g.as_str().unwrap().to_owned(), res.as_str().unwrap().to_owned(), verbs.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected_operator_rules() -> Vec<(String, String, Vec<String>)> {
+    let r = |g: &str, res: &str, verbs: &[&str]| {
+        let mut v: Vec<String> = verbs.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        (g.to_owned(), res.to_owned(), v)
+    };
+    let mut all = vec![
+        r("routestate.dev", "routestates", &["get", "list", "watch", "patch", "update"]),
+        r("routestate.dev", "routestates/status", &["patch", "update"]),
+        r("routestate.dev", "routestates/finalizers", &["update"]),
+        r("apps", "statefulsets", &["get", "list", "watch"]),
+        r("", "pods", &["get", "list", "watch"]),
+        r("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    all.sort();
+    all
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds_byte_for_byte() {
+    let top = repo_root().join("crds");
+    let chart = chart_dir().join("crds");
+    let names = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&top),
+        names(&chart),
+        "crds/ and charts/routestate/crds/ hold different files; run hack/sync-chart-crds.sh"
+    );
+    for name in names(&top) {
+        let a = std::fs::read(top.join(&name)).unwrap();
+        let b = std::fs::read(chart.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "charts/routestate/crds/{name} differs from crds/{name}: run `make crd` (or hack/sync-chart-crds.sh)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn helm_lint_passes_for_default_and_full_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    ok("helm", &["lint", "--strict", chart], None).await;
+    ok(
+        "helm",
+        &[
+            "lint",
+            "--strict",
+            chart,
+            "--set",
+            "watchNamespace=apps",
+            "--set",
+            "redis.urls={rediss://a:6379,rediss://b:6379}",
+            "--set",
+            "redis.cluster=true",
+            "--set",
+            "redis.existingSecret.name=redis-auth",
+            "--set",
+            "redis.tls.caConfigMap.name=redis-ca",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn schema_rejects_typos_and_password_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for (set, must_name) in [
+        ("replicaCont=3", "replicaCont"),
+        ("redis.password=hunter2", "password"),
+        ("redis.url=redis://x:6379", "url"),
+        ("redis.existingSecret.passwrd=x", "passwrd"),
+        ("metrics.serviceMonitor.enable=true", "enable"),
+        ("securityContext.runAsRoot=true", "runAsRoot"),
+        ("logFormat=xml", "logFormat"),
+        ("redis.urls={http://x:6379}", "urls"),
+    ] {
+        let o = run("helm", &["template", "t", chart, "--set", set], None).await;
+        assert!(!o.ok, "helm template accepted --set {set}:\n{}", o.stdout);
+        assert!(
+            o.stderr.contains("schema") && o.stderr.contains(must_name),
+            "--set {set}: error does not name {must_name}: {}",
+            o.stderr
+        );
+    }
+    // Combinations the schema cannot express are refused by the templates, with a reason.
+    for (sets, reason) in [
+        (&["replicaCount=2", "leaderElection.enabled=false"][..], "leaderElection"),
+        (&["redis.urls={redis://a:1,redis://b:1}"][..], "redis.cluster"),
+        (&["redis.tls.caSecret.name=a", "redis.tls.caConfigMap.name=b"][..], "at most one"),
+    ] {
+        let mut args = vec!["template", "t", chart];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = run("helm", &args, None).await;
+        assert!(!o.ok && o.stderr.contains(reason), "{sets:?}: expected a refusal naming {reason}: {}", o.stderr);
+    }
+}
+
+#[tokio::test]
+async fn rendered_deployment_is_hardened_and_rbac_is_exact() {
+    let docs = render("rel", "ops", &[]).await;
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let dep = find(&docs, "Deployment", "rel-routestate").expect("Deployment");
+    assert_eq!(dep["spec"]["replicas"].as_u64(), Some(2));
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("rel-routestate"));
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 15,
+        "grace must cover the ~10 s drain + lease release"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string());
+    let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+
+    // The operator's rules, nothing more; no Secrets anywhere; Leases only in the release namespace.
+    let cr = find(&docs, "ClusterRole", "rel-routestate").unwrap();
+    assert_eq!(rules(cr), expected_operator_rules());
+    let lease = find(&docs, "Role", "-leader-election").unwrap();
+    assert_eq!(lease["metadata"]["namespace"].as_str(), Some("ops"));
+    assert_eq!(
+        rules(lease),
+        [
+            ("coordination.k8s.io".to_owned(), "leases".to_owned(), vec!["create".to_owned()]),
+            ("coordination.k8s.io".to_owned(), "leases".to_owned(), vec!["get".to_owned(), "update".to_owned()]),
+        ]
+    );
+    let all = serde_yaml::to_string(&docs).unwrap();
+    assert!(!all.contains("secrets"), "no rule may name Secrets");
+
+    // Namespaced install: a Role in the watched namespace instead of the ClusterRole.
+    let docs = render("rel", "ops", &["watchNamespace=apps", "replicaCount=1", "redis.existingSecret.name=auth"]).await;
+    assert!(find(&docs, "ClusterRole", "").is_none() && find(&docs, "ClusterRoleBinding", "").is_none());
+    assert!(find(&docs, "PodDisruptionBudget", "").is_none(), "no PDB for a single replica");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Role") && d["metadata"]["name"].as_str() == Some("rel-routestate"))
+        .unwrap();
+    assert_eq!(role["metadata"]["namespace"].as_str(), Some("apps"));
+    assert_eq!(rules(role), expected_operator_rules());
+    let dep = find(&docs, "Deployment", "rel-routestate").unwrap();
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    let args = serde_yaml::to_string(&c["args"]).unwrap();
+    assert!(args.contains("--namespace=apps") && args.contains("--redis-password-file="), "{args}");
+    let vol = &dep["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(
+        vol["secret"]["secretName"].as_str(),
+        Some("auth"),
+        "the password Secret is mounted, not read via the API"
+    );
+}
+
+#[tokio::test]
+async fn rendered_chart_is_accepted_by_the_api_server() {
+    let client = support::kube_client().await;
+    crate::support::operator::install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "chart-dry").await;
+    let release = support::unique_name("dry");
+    let watch = format!("watchNamespace={}", ns.name);
+    for sets in [&[][..], &[watch.as_str(), "redis.existingSecret.name=auth", "redis.tls.caSecret.name=ca"][..]] {
+        let chart = chart_dir();
+        let mut args = vec!["template", release.as_str(), chart.to_str().unwrap(), "-n", ns.name.as_str()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let manifest = ok("helm", &args, None).await;
+        let out = ok("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&manifest)).await;
+        assert!(out.contains("deployment.apps/") && out.contains("(server dry run)"), "{sets:?}: {out}");
+    }
+}
