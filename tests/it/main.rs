@@ -5,6 +5,8 @@
 
 mod support;
 
+mod chart_install;
+mod chart_rbac;
 mod chart_static;
 mod client_read_model;
 mod client_role;

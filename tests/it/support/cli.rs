@@ -61,20 +61,19 @@ pub async fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     o.stdout
 }
 
-/// `kubectl auth can-i VERB RESOURCE -n NS --as=system:serviceaccount:SA_NS:SA` → yes/no.
-/// (`can-i` exits 1 for "no", so the answer is read from stdout.)
-pub async fn can_i(sa_ns: &str, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+/// `kubectl auth can-i ARGS… --as=system:serviceaccount:SA_NS:SA` → yes/no. ARGS are e.g.
+/// `["patch", "routestates", "--subresource=status", "-n", "apps"]`. (`can-i` exits 1 for "no",
+/// so the answer is read from stdout.)
+pub async fn can_i(sa_ns: &str, sa: &str, args: &[&str]) -> bool {
     let who = format!("--as=system:serviceaccount:{sa_ns}:{sa}");
-    let mut args = vec!["auth", "can-i", verb, resource, who.as_str()];
-    match ns {
-        Some(ns) => args.extend(["-n", ns]),
-        None => args.push("--all-namespaces"),
-    }
-    let o = run("kubectl", &args, None).await;
+    let mut all = vec!["auth", "can-i"];
+    all.extend(args);
+    all.push(who.as_str());
+    let o = run("kubectl", &all, None).await;
     match o.stdout.trim() {
         "yes" => true,
         "no" => false,
-        other => panic!("kubectl {}: unexpected answer {other:?}; stderr: {}", args.join(" "), o.stderr),
+        other => panic!("kubectl {}: unexpected answer {other:?}; stderr: {}", all.join(" "), o.stderr),
     }
 }
 
@@ -105,4 +104,52 @@ pub async fn token_client(token: &str) -> kube::Client {
         .await
         .expect("loading token kubeconfig");
     kube::Client::try_from(config).expect("building a kube client")
+}
+
+/// A Helm release installed by a test; uninstalled on drop (its ClusterRole and
+/// ClusterRoleBinding are cluster-scoped, so deleting the namespace would not remove them).
+pub struct HelmRelease {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl HelmRelease {
+    /// `helm install NAME charts/routestate -n NAMESPACE --set …` (plus `extra` arguments such as
+    /// `--wait`); the Redis URL defaults to the test cluster's.
+    pub async fn install(name: &str, namespace: &str, sets: &[&str], extra: &[&str]) -> HelmRelease {
+        let chart = chart_dir();
+        let redis = format!("redis.urls={{{}}}", super::redis_url());
+        let mut args = vec!["install", name, chart.to_str().unwrap(), "-n", namespace, "--set", redis.as_str()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        args.extend(extra);
+        // The release is recorded before the outcome is checked, so a failed install is cleaned up too.
+        let release = HelmRelease { name: name.to_owned(), namespace: namespace.to_owned() };
+        ok("helm", &args, None).await;
+        release
+    }
+
+    /// The chart's ServiceAccount (and ClusterRole, Deployment, Lease) name: `<release>-routestate`.
+    pub fn fullname(&self) -> String {
+        if self.name.contains("routestate") { self.name.clone() } else { format!("{}-routestate", self.name) }
+    }
+
+    /// A fresh token of the chart's ServiceAccount (`kubectl create token`).
+    pub async fn token(&self) -> String {
+        ok("kubectl", &["create", "token", &self.fullname(), "-n", &self.namespace, "--duration=1h"], None)
+            .await
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for HelmRelease {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(testbin("helm"))
+            .args(["uninstall", &self.name, "-n", &self.namespace, "--no-hooks"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
