@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::core::{self, DEFAULT_CPU_FACTOR, DEFAULT_UPDATE_PERIOD_SECS};
 
 /// Desired routing of one StatefulSet's pods, published to Redis by the operator.
+// The printer columns repeat `type_` on purpose.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "routestate.dev",
@@ -65,22 +67,14 @@ use crate::core::{self, DEFAULT_CPU_FACTOR, DEFAULT_UPDATE_PERIOD_SECS};
         description = "Pod 0 while it is Ready",
         json_path = ".status.leader"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        description = "Age",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", description = "Age", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStateSpec {
     /// Name of the StatefulSet (in the RouteState's namespace) whose pods are published.
     /// Defaults to the RouteState's own name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub stateful_set: Option<String>,
 
     /// Service name used in the Redis keys (`sf:{<namespace>:state:<serviceName>}`). Defaults to
@@ -146,9 +140,7 @@ pub struct PodOverride {
 }
 
 /// A routing state as spelled in Kubernetes objects.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RoutingStateName {
     /// Take new users and keep linked ones.
     #[default]
@@ -256,18 +248,12 @@ pub struct PodSummary {
 impl RouteState {
     /// The target StatefulSet: `spec.statefulSet`, else the RouteState's name.
     pub fn stateful_set_name(&self) -> String {
-        self.spec
-            .stateful_set
-            .clone()
-            .unwrap_or_else(|| kube::ResourceExt::name_any(self))
+        self.spec.stateful_set.clone().unwrap_or_else(|| kube::ResourceExt::name_any(self))
     }
 
     /// The Redis service name: `spec.serviceName`, else the StatefulSet's name.
     pub fn service_name(&self) -> String {
-        self.spec
-            .service_name
-            .clone()
-            .unwrap_or_else(|| self.stateful_set_name())
+        self.spec.service_name.clone().unwrap_or_else(|| self.stateful_set_name())
     }
 }
 
@@ -286,8 +272,7 @@ mod tests {
     #[test]
     fn committed_crd_is_current() {
         let committed =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routestate.yaml"))
-                .unwrap_or_default();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routestate.yaml")).unwrap_or_default();
         assert!(
             committed == crd_yaml(),
             "crds/routestate.yaml is stale: regenerate it with `cargo run -- crd > crds/routestate.yaml`"
@@ -300,47 +285,20 @@ mod tests {
         let v = &crd["spec"]["versions"][0];
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["properties"]["pods"]["x-kubernetes-list-type"], "map");
-        assert_eq!(
-            spec["properties"]["pods"]["x-kubernetes-list-map-keys"][0],
-            "index"
-        );
+        assert_eq!(spec["properties"]["pods"]["x-kubernetes-list-map-keys"][0], "index");
         assert_eq!(spec["properties"]["cpuFactor"]["default"], 0.7);
         assert_eq!(spec["properties"]["updatePeriodSeconds"]["default"], 10);
         assert_eq!(spec["properties"]["updatePeriodSeconds"]["maximum"], 300.0);
         assert_eq!(spec["properties"]["routingState"]["default"], "Ready");
         let item = &spec["properties"]["pods"]["items"];
-        assert!(
-            item["x-kubernetes-validations"][0]["rule"]
-                .as_str()
-                .unwrap()
-                .contains("has(self.routingState)")
-        );
+        assert!(item["x-kubernetes-validations"][0]["rule"].as_str().unwrap().contains("has(self.routingState)"));
         let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"];
-        assert_eq!(
-            status["properties"]["conditions"]["x-kubernetes-list-map-keys"][0],
-            "type"
-        );
+        assert_eq!(status["properties"]["conditions"]["x-kubernetes-list-map-keys"][0], "type");
         assert_eq!(v["subresources"]["status"], serde_json::json!({}));
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "rst");
-        let columns: Vec<&str> = v["additionalPrinterColumns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            columns,
-            [
-                "StatefulSet",
-                "Routing",
-                "Ready",
-                "Routable",
-                "Draining",
-                "Workload",
-                "Leader",
-                "Age"
-            ]
-        );
+        let columns: Vec<&str> =
+            v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(columns, ["StatefulSet", "Routing", "Ready", "Routable", "Draining", "Workload", "Leader", "Age"]);
     }
 
     #[test]
@@ -349,9 +307,7 @@ mod tests {
             if let Some(props) = schema["properties"].as_object() {
                 for (name, prop) in props {
                     let p = format!("{path}.{name}");
-                    if prop["description"].as_str().is_none_or(str::is_empty)
-                        && !path.contains("conditions")
-                    {
+                    if prop["description"].as_str().is_none_or(str::is_empty) && !path.contains("conditions") {
                         missing.push(p.clone());
                     }
                     walk(&p, prop, missing);
@@ -371,25 +327,16 @@ mod tests {
 
     #[test]
     fn names_default_from_the_object() {
-        let rs = RouteState::new(
-            "game",
-            serde_json::from_value(serde_json::json!({})).unwrap(),
-        );
+        let rs = RouteState::new("game", serde_json::from_value(serde_json::json!({})).unwrap());
         assert_eq!(rs.stateful_set_name(), "game");
         assert_eq!(rs.service_name(), "game");
         assert_eq!(rs.spec.cpu_factor, 0.7);
         assert_eq!(rs.spec.update_period_seconds, 10);
         let rs = RouteState::new(
             "x",
-            serde_json::from_value(
-                serde_json::json!({"statefulSet": "sts", "routingState": "Shutdown"}),
-            )
-            .unwrap(),
+            serde_json::from_value(serde_json::json!({"statefulSet": "sts", "routingState": "Shutdown"})).unwrap(),
         );
         assert_eq!(rs.service_name(), "sts");
-        assert_eq!(
-            core::RoutingState::from(rs.spec.routing_state),
-            core::RoutingState::Shutdown
-        );
+        assert_eq!(core::RoutingState::from(rs.spec.routing_state), core::RoutingState::Shutdown);
     }
 }

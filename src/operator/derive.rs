@@ -10,9 +10,7 @@ use k8s_openapi::{
 };
 
 use super::crd::{PodSummary, RouteStateSpec, RouteStateStatus, RoutingStateName};
-use crate::core::{
-    RoutingState, Workload, WorkloadState, pod_index, pod_index::POD_INDEX_LABEL, weighted_load,
-};
+use crate::core::{RoutingState, Workload, WorkloadState, pod_index, pod_index::POD_INDEX_LABEL, weighted_load};
 
 /// Pod annotation with the routing state the application asks for (Ready | DenyNewCall | Shutdown).
 pub const ANNOTATION_ROUTING: &str = "routestate.dev/routing-state";
@@ -50,22 +48,13 @@ pub struct PodFacts {
 pub enum Finding {
     /// An annotation value could not be parsed; it is treated as absent.
     #[error("pod {pod}: annotation {annotation}={value:?} is invalid ({expected}); ignoring it")]
-    MalformedAnnotation {
-        pod: String,
-        annotation: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    MalformedAnnotation { pod: String, annotation: &'static str, value: String, expected: &'static str },
     /// The pod's index could not be determined; the pod is not published.
     #[error("{0}; the pod is not published")]
     BadPodIndex(#[from] pod_index::PodIndexError),
     /// Two pods claim the same index; the first by name is used.
     #[error("pods {first} and {second} both have index {index}; publishing {first} only")]
-    DuplicateIndex {
-        index: u32,
-        first: String,
-        second: String,
-    },
+    DuplicateIndex { index: u32, first: String, second: String },
 }
 
 impl Finding {
@@ -81,28 +70,18 @@ impl Finding {
 
 /// Is `pod` controlled by the StatefulSet `statefulset`? Only such pods are published.
 pub fn owned_by(pod: &Pod, statefulset: &str) -> bool {
-    pod.metadata
-        .owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|o| {
-            o.controller == Some(true)
-                && o.kind == "StatefulSet"
-                && o.api_version.starts_with("apps/")
-                && o.name == statefulset
-        })
+    pod.metadata.owner_references.as_deref().unwrap_or_default().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "StatefulSet"
+            && o.api_version.starts_with("apps/")
+            && o.name == statefulset
+    })
 }
 
 /// The facts of a pod of `statefulset`, or a finding when its index cannot be determined.
 pub fn pod_facts(pod: &Pod, statefulset: &str) -> Result<PodFacts, Finding> {
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let label = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(POD_INDEX_LABEL))
-        .map(String::as_str);
+    let label = pod.metadata.labels.as_ref().and_then(|l| l.get(POD_INDEX_LABEL)).map(String::as_str);
     let index = pod_index(&name, label, Some(statefulset))?;
     let ready = pod
         .status
@@ -114,19 +93,10 @@ pub fn pod_facts(pod: &Pod, statefulset: &str) -> Result<PodFacts, Finding> {
         .annotations
         .as_ref()
         .map(|a| {
-            a.iter()
-                .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+            a.iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
         })
         .unwrap_or_default();
-    Ok(PodFacts {
-        name,
-        index,
-        ready,
-        terminating: pod.metadata.deletion_timestamp.is_some(),
-        annotations,
-    })
+    Ok(PodFacts { name, index, ready, terminating: pod.metadata.deletion_timestamp.is_some(), annotations })
 }
 
 /// The lifecycle rule: what a pod with `effective` routing publishes, `None` = field removed.
@@ -136,11 +106,7 @@ pub fn pod_facts(pod: &Pod, statefulset: &str) -> Result<PodFacts, Finding> {
 /// | Ready, not terminating | `effective` |
 /// | not Ready, not terminating | removed |
 /// | terminating | DENY_NEW_CALL, or SHUTDOWN when that is effective (heartbeated until gone) |
-pub fn published_routing(
-    effective: RoutingState,
-    ready: bool,
-    terminating: bool,
-) -> Option<RoutingState> {
+pub fn published_routing(effective: RoutingState, ready: bool, terminating: bool) -> Option<RoutingState> {
     if terminating {
         Some(effective.most_restrictive(RoutingState::DenyNewCall))
     } else if ready {
@@ -201,11 +167,7 @@ fn annotation_routing(pod: &PodFacts, findings: &mut Vec<Finding>) -> Option<Rou
     }
 }
 
-fn annotation_number(
-    pod: &PodFacts,
-    annotation: &'static str,
-    findings: &mut Vec<Finding>,
-) -> Option<u64> {
+fn annotation_number(pod: &PodFacts, annotation: &'static str, findings: &mut Vec<Finding>) -> Option<u64> {
     let value = pod.annotations.get(annotation)?;
     // Strict: digits only, so "+5", " 5" and "5.0" are reported rather than half-accepted.
     if !value.is_empty()
@@ -225,12 +187,7 @@ fn annotation_number(
 
 /// The weighted load of a pod: the spec override (which counts as both the load state and the
 /// waiting tasks, so it is published as is), else the annotations, else 0.
-pub fn pod_load(
-    cpu_factor: f64,
-    override_load: Option<u64>,
-    pod: &PodFacts,
-    findings: &mut Vec<Finding>,
-) -> u64 {
+pub fn pod_load(cpu_factor: f64, override_load: Option<u64>, pod: &PodFacts, findings: &mut Vec<Finding>) -> u64 {
     let load = annotation_number(pod, ANNOTATION_LOAD, findings);
     let waiting = annotation_number(pod, ANNOTATION_WAITING, findings);
     match override_load {
@@ -282,21 +239,10 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
         if let Some(r) = annotation_routing(pod, &mut findings) {
             effective = effective.most_restrictive(r);
         }
-        let load = pod_load(
-            spec.cpu_factor,
-            over.and_then(|o| o.load_state),
-            pod,
-            &mut findings,
-        );
+        let load = pod_load(spec.cpu_factor, over.and_then(|o| o.load_state), pod, &mut findings);
         let published = published_routing(effective, pod.ready, pod.terminating);
         if let Some(routing) = published {
-            d.publish.insert(
-                index,
-                PodPublish {
-                    routing,
-                    weighted_load: load,
-                },
-            );
+            d.publish.insert(index, PodPublish { routing, weighted_load: load });
             match routing {
                 RoutingState::Ready => d.routable_pods += 1,
                 RoutingState::DenyNewCall => d.draining_pods += 1,
@@ -316,30 +262,20 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
 
     match by_index.get(&0) {
         Some(p) if p.ready && !p.terminating => d.leader = Some(p.name.clone()),
-        Some(p) if p.terminating => {
-            d.leader_missing = Some(format!("pod {} (index 0) is terminating", p.name))
-        }
+        Some(p) if p.terminating => d.leader_missing = Some(format!("pod {} (index 0) is terminating", p.name)),
         Some(p) => d.leader_missing = Some(format!("pod {} (index 0) is not Ready", p.name)),
         None => d.leader_missing = Some("no pod with index 0 exists".into()),
     }
     if let Some(leader) = &d.leader {
         let all_ready = replicas > 0 && d.ready_pods >= replicas;
         d.workload = Some(Workload {
-            state: if all_ready && d.routable_pods > 0 {
-                WorkloadState::Ready
-            } else {
-                WorkloadState::NotReady
-            },
+            state: if all_ready && d.routable_pods > 0 { WorkloadState::Ready } else { WorkloadState::NotReady },
             leader: leader.clone(),
             replicas,
             ready_pods: d.ready_pods,
             routable_pods: d.routable_pods,
             draining_pods: d.draining_pods,
-            total_weighted_load: d
-                .publish
-                .values()
-                .map(|p| p.weighted_load)
-                .fold(0u64, u64::saturating_add),
+            total_weighted_load: d.publish.values().map(|p| p.weighted_load).fold(0u64, u64::saturating_add),
             updated_at_millis: 0,
         });
     }
@@ -358,10 +294,7 @@ pub fn routing_changes(
     indexes
         .into_iter()
         .filter_map(|i| {
-            let (b, a) = (
-                before.get(&i).map(|p| p.routing),
-                after.get(&i).map(|p| p.routing),
-            );
+            let (b, a) = (before.get(&i).map(|p| p.routing), after.get(&i).map(|p| p.routing));
             (b != a).then_some((i, b, a))
         })
         .collect()
@@ -409,11 +342,7 @@ pub fn merge_conditions(
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
-    let mut out: Vec<Condition> = old
-        .iter()
-        .filter(|c| !new.iter().any(|n| n.type_ == c.type_))
-        .cloned()
-        .collect();
+    let mut out: Vec<Condition> = old.iter().filter(|c| !new.iter().any(|n| n.type_ == c.type_)).cloned().collect();
     for n in new {
         let prev = old.iter().find(|c| c.type_ == n.type_);
         let last_transition_time = match prev {
@@ -519,9 +448,7 @@ pub fn compute_status(
                     type_: CONDITION_LEADER,
                     status: CondStatus::True,
                     reason: "Pod0Ready",
-                    message: format!(
-                        "pod {name} is Ready; the workload aggregate is written on its behalf"
-                    ),
+                    message: format!("pod {name} is Ready; the workload aggregate is written on its behalf"),
                 },
                 (None, why) => NewCondition {
                     type_: CONDITION_LEADER,
@@ -546,11 +473,7 @@ pub fn compute_status(
         service_name: Some(service.to_owned()),
         replicas: d.map_or(0, |d| d.replicas),
         ready_pods: d.map_or(0, |d| d.ready_pods),
-        ready_summary: Some(format!(
-            "{}/{}",
-            d.map_or(0, |d| d.ready_pods),
-            d.map_or(0, |d| d.replicas)
-        )),
+        ready_summary: Some(format!("{}/{}", d.map_or(0, |d| d.ready_pods), d.map_or(0, |d| d.replicas))),
         routable_pods: d.map_or(0, |d| d.routable_pods),
         draining_pods: d.map_or(0, |d| d.draining_pods),
         leader: d.and_then(|d| d.leader.clone()),
@@ -586,19 +509,12 @@ mod tests {
             index,
             ready,
             terminating,
-            annotations: ann
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
     fn over(index: u32, routing: Option<RoutingStateName>, load: Option<u64>) -> PodOverride {
-        PodOverride {
-            index,
-            routing_state: routing,
-            load_state: load,
-        }
+        PodOverride { index, routing_state: routing, load_state: load }
     }
 
     #[test]
@@ -612,10 +528,7 @@ mod tests {
                         (true, false) => Some(effective),
                         (false, false) => None,
                     };
-                    assert_eq!(
-                        got, want,
-                        "effective {effective:?} ready {ready} terminating {terminating}"
-                    );
+                    assert_eq!(got, want, "effective {effective:?} ready {ready} terminating {terminating}");
                 }
             }
         }
@@ -623,11 +536,7 @@ mod tests {
 
     #[test]
     fn most_restrictive_wins_across_spec_override_and_annotation() {
-        let names = [
-            RoutingStateName::Ready,
-            RoutingStateName::DenyNewCall,
-            RoutingStateName::Shutdown,
-        ];
+        let names = [RoutingStateName::Ready, RoutingStateName::DenyNewCall, RoutingStateName::Shutdown];
         for svc in names {
             for o in [
                 None,
@@ -635,23 +544,10 @@ mod tests {
                 Some(RoutingStateName::DenyNewCall),
                 Some(RoutingStateName::Shutdown),
             ] {
-                for ann in [
-                    None,
-                    Some("Ready"),
-                    Some("DenyNewCall"),
-                    Some("Shutdown"),
-                    Some("SHUTDOWN"),
-                ] {
-                    let anns: Vec<(&str, &str)> =
-                        ann.map(|a| (ANNOTATION_ROUTING, a)).into_iter().collect();
+                for ann in [None, Some("Ready"), Some("DenyNewCall"), Some("Shutdown"), Some("SHUTDOWN")] {
+                    let anns: Vec<(&str, &str)> = ann.map(|a| (ANNOTATION_ROUTING, a)).into_iter().collect();
                     let d = derive(
-                        &spec(
-                            svc,
-                            vec![over(0, o, None)]
-                                .into_iter()
-                                .filter(|_| o.is_some())
-                                .collect(),
-                        ),
+                        &spec(svc, vec![over(0, o, None)].into_iter().filter(|_| o.is_some()).collect()),
                         1,
                         &[pod(0, true, false, &anns)],
                     );
@@ -662,10 +558,7 @@ mod tests {
                     if let Some(a) = ann {
                         want = want.max(a.parse().unwrap());
                     }
-                    assert_eq!(
-                        d.publish[&0].routing, want,
-                        "svc {svc:?} override {o:?} annotation {ann:?}"
-                    );
+                    assert_eq!(d.publish[&0].routing, want, "svc {svc:?} override {o:?} annotation {ann:?}");
                     assert!(d.findings.is_empty());
                 }
             }
@@ -675,16 +568,9 @@ mod tests {
     #[test]
     fn override_applies_to_its_index_only() {
         let d = derive(
-            &spec(
-                RoutingStateName::Ready,
-                vec![over(1, Some(RoutingStateName::DenyNewCall), None)],
-            ),
+            &spec(RoutingStateName::Ready, vec![over(1, Some(RoutingStateName::DenyNewCall), None)]),
             3,
-            &[
-                pod(0, true, false, &[]),
-                pod(1, true, false, &[]),
-                pod(2, true, false, &[]),
-            ],
+            &[pod(0, true, false, &[]), pod(1, true, false, &[]), pod(2, true, false, &[])],
         );
         let routing: Vec<_> = d.publish.values().map(|p| p.routing).collect();
         assert_eq!(routing, [R, D, R]);
@@ -696,71 +582,33 @@ mod tests {
         let d = derive(
             &spec(RoutingStateName::Ready, vec![]),
             3,
-            &[
-                pod(0, true, false, &[]),
-                pod(1, false, false, &[]),
-                pod(2, true, true, &[]),
-            ],
+            &[pod(0, true, false, &[]), pod(1, false, false, &[]), pod(2, true, true, &[])],
         );
         assert_eq!(d.publish.keys().copied().collect::<Vec<_>>(), [0, 2]);
         assert_eq!(d.publish[&2].routing, D);
         assert_eq!(d.ready_pods, 1);
-        assert_eq!(
-            d.pods[1],
-            PodSummary {
-                index: 1,
-                name: "web-1".into(),
-                ready: false,
-                routing_state: None
-            }
-        );
+        assert_eq!(d.pods[1], PodSummary { index: 1, name: "web-1".into(), ready: false, routing_state: None });
         assert_eq!(d.pods[2].routing_state, Some(RoutingStateName::DenyNewCall));
     }
 
     #[test]
     fn load_comes_from_override_else_annotations_else_zero() {
         let mut f = Vec::new();
-        let p = pod(
-            0,
-            true,
-            false,
-            &[(ANNOTATION_LOAD, "100"), (ANNOTATION_WAITING, "10")],
-        );
+        let p = pod(0, true, false, &[(ANNOTATION_LOAD, "100"), (ANNOTATION_WAITING, "10")]);
         // 0.7 × 10 + 0.3 × 100 = 37
         assert_eq!(pod_load(0.7, None, &p, &mut f), 37);
         assert_eq!(pod_load(0.7, Some(250), &p, &mut f), 250);
         assert_eq!(pod_load(0.0, None, &p, &mut f), 100);
         assert_eq!(pod_load(1.0, None, &p, &mut f), 10);
         assert_eq!(pod_load(0.7, None, &pod(0, true, false, &[]), &mut f), 0);
-        assert_eq!(
-            pod_load(
-                0.7,
-                None,
-                &pod(0, true, false, &[(ANNOTATION_LOAD, "10")]),
-                &mut f
-            ),
-            3
-        );
+        assert_eq!(pod_load(0.7, None, &pod(0, true, false, &[(ANNOTATION_LOAD, "10")]), &mut f), 3);
         assert!(f.is_empty());
     }
 
     #[test]
     fn malformed_annotations_are_findings_and_treated_as_absent() {
-        for bad in [
-            "",
-            "-1",
-            "+5",
-            " 5",
-            "5.0",
-            "abc",
-            "99999999999999999999999",
-        ] {
-            let p = pod(
-                1,
-                true,
-                false,
-                &[(ANNOTATION_LOAD, bad), (ANNOTATION_WAITING, "10")],
-            );
+        for bad in ["", "-1", "+5", " 5", "5.0", "abc", "99999999999999999999999"] {
+            let p = pod(1, true, false, &[(ANNOTATION_LOAD, bad), (ANNOTATION_WAITING, "10")]);
             let d = derive(&spec(RoutingStateName::Ready, vec![]), 2, &[p]);
             assert_eq!(d.publish[&1].weighted_load, 7, "value {bad:?}");
             assert_eq!(
@@ -773,10 +621,7 @@ mod tests {
                 }]
             );
             let msg = d.findings[0].to_string();
-            assert!(
-                msg.contains("web-1") && msg.contains(&format!("{bad:?}")),
-                "{msg}"
-            );
+            assert!(msg.contains("web-1") && msg.contains(&format!("{bad:?}")), "{msg}");
         }
         let d = derive(
             &spec(RoutingStateName::DenyNewCall, vec![]),
@@ -803,29 +648,19 @@ mod tests {
         assert!(!owned_by(&p, "other"));
         let f = pod_facts(&p, "web").unwrap();
         assert_eq!((f.index, f.ready, f.terminating), (2, true, true));
-        assert_eq!(
-            f.annotations.keys().collect::<Vec<_>>(),
-            ["routestate.dev/load"]
-        );
+        assert_eq!(f.annotations.keys().collect::<Vec<_>>(), ["routestate.dev/load"]);
 
-        let p: Pod =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "web-7"}})).unwrap();
+        let p: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-7"}})).unwrap();
         let f = pod_facts(&p, "web").unwrap();
         assert_eq!((f.index, f.ready, f.terminating), (7, false, false));
 
-        let p: Pod =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "web-x"}})).unwrap();
+        let p: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-x"}})).unwrap();
         assert!(matches!(pod_facts(&p, "web"), Err(Finding::BadPodIndex(_))));
         let p: Pod = serde_json::from_value(
             serde_json::json!({"metadata": {"name": "web-1", "labels": {POD_INDEX_LABEL: "2"}}}),
         )
         .unwrap();
-        assert!(
-            pod_facts(&p, "web")
-                .unwrap_err()
-                .to_string()
-                .contains("disagree")
-        );
+        assert!(pod_facts(&p, "web").unwrap_err().to_string().contains("disagree"));
     }
 
     #[test]
@@ -837,10 +672,7 @@ mod tests {
         let d = derive(&spec(RoutingStateName::Ready, vec![]), 1, &[b, a]);
         assert_eq!(d.publish.len(), 1);
         assert_eq!(d.pods[0].name, "web-0");
-        assert!(matches!(
-            &d.findings[..],
-            [Finding::DuplicateIndex { index: 0, .. }]
-        ));
+        assert!(matches!(&d.findings[..], [Finding::DuplicateIndex { index: 0, .. }]));
     }
 
     #[test]
@@ -849,38 +681,18 @@ mod tests {
         let d = derive(
             &s,
             3,
-            &[
-                pod(0, true, false, &[(ANNOTATION_LOAD, "10")]),
-                pod(1, true, false, &[]),
-                pod(2, true, false, &[]),
-            ],
+            &[pod(0, true, false, &[(ANNOTATION_LOAD, "10")]), pod(1, true, false, &[]), pod(2, true, false, &[])],
         );
         assert_eq!(d.leader.as_deref(), Some("web-0"));
         let w = d.workload.unwrap();
         assert_eq!(w.state, WorkloadState::Ready);
-        assert_eq!(
-            (
-                w.replicas,
-                w.ready_pods,
-                w.routable_pods,
-                w.total_weighted_load
-            ),
-            (3, 3, 3, 3)
-        );
+        assert_eq!((w.replicas, w.ready_pods, w.routable_pods, w.total_weighted_load), (3, 3, 3, 3));
 
         let d = derive(&s, 3, &[pod(0, true, false, &[]), pod(1, true, false, &[])]);
         assert_eq!(d.workload.unwrap().state, WorkloadState::NotReady);
 
-        let d = derive(
-            &spec(RoutingStateName::DenyNewCall, vec![]),
-            1,
-            &[pod(0, true, false, &[])],
-        );
-        assert_eq!(
-            d.workload.unwrap().state,
-            WorkloadState::NotReady,
-            "no pod takes new users"
-        );
+        let d = derive(&spec(RoutingStateName::DenyNewCall, vec![]), 1, &[pod(0, true, false, &[])]);
+        assert_eq!(d.workload.unwrap().state, WorkloadState::NotReady, "no pod takes new users");
 
         for (pods, why) in [
             (vec![pod(1, true, false, &[])], "no pod with index 0"),
@@ -890,40 +702,16 @@ mod tests {
             let d = derive(&s, 2, &pods);
             assert_eq!(d.leader, None);
             assert!(d.workload.is_none());
-            assert!(
-                d.leader_missing.as_deref().unwrap().contains(why),
-                "{:?}",
-                d.leader_missing
-            );
+            assert!(d.leader_missing.as_deref().unwrap().contains(why), "{:?}", d.leader_missing);
         }
     }
 
     #[test]
     fn routing_changes_lists_transitions_only() {
-        let p = |r| PodPublish {
-            routing: r,
-            weighted_load: 0,
-        };
+        let p = |r| PodPublish { routing: r, weighted_load: 0 };
         let before = BTreeMap::from([(0, p(R)), (1, p(R)), (2, p(R))]);
-        let after = BTreeMap::from([
-            (
-                0,
-                PodPublish {
-                    routing: R,
-                    weighted_load: 9,
-                },
-            ),
-            (1, p(D)),
-            (3, p(R)),
-        ]);
-        assert_eq!(
-            routing_changes(&before, &after),
-            [
-                (1, Some(R), Some(D)),
-                (2, Some(R), None),
-                (3, None, Some(R))
-            ]
-        );
+        let after = BTreeMap::from([(0, PodPublish { routing: R, weighted_load: 9 }), (1, p(D)), (3, p(R))]);
+        assert_eq!(routing_changes(&before, &after), [(1, Some(R), Some(D)), (2, Some(R), None), (3, None, Some(R))]);
     }
 
     fn t(secs: i64) -> Time {
@@ -938,142 +726,50 @@ mod tests {
             reason,
             message: msg.into(),
         };
-        let first = merge_conditions(
-            &[],
-            &[c(CondStatus::Unknown, "Pending", "a")],
-            Some(1),
-            &t(100),
-        );
+        let first = merge_conditions(&[], &[c(CondStatus::Unknown, "Pending", "a")], Some(1), &t(100));
         assert_eq!(first[0].last_transition_time, t(100));
-        let same = merge_conditions(
-            &first,
-            &[c(CondStatus::Unknown, "Pending", "other message")],
-            Some(2),
-            &t(200),
-        );
-        assert_eq!(
-            same[0].last_transition_time,
-            t(100),
-            "same status keeps the time"
-        );
-        assert_eq!(
-            (same[0].message.as_str(), same[0].observed_generation),
-            ("other message", Some(2))
-        );
-        let flipped = merge_conditions(
-            &same,
-            &[c(CondStatus::True, "Published", "b")],
-            Some(2),
-            &t(300),
-        );
+        let same = merge_conditions(&first, &[c(CondStatus::Unknown, "Pending", "other message")], Some(2), &t(200));
+        assert_eq!(same[0].last_transition_time, t(100), "same status keeps the time");
+        assert_eq!((same[0].message.as_str(), same[0].observed_generation), ("other message", Some(2)));
+        let flipped = merge_conditions(&same, &[c(CondStatus::True, "Published", "b")], Some(2), &t(300));
         assert_eq!(flipped[0].last_transition_time, t(300));
         assert_eq!(flipped[0].status, "True");
         // Conditions of other types survive, output is sorted by type.
-        let other = Condition {
-            type_: "Custom".into(),
-            ..flipped[0].clone()
-        };
-        let merged = merge_conditions(
-            &[other, flipped[0].clone()],
-            &[c(CondStatus::True, "Published", "b")],
-            Some(2),
-            &t(400),
-        );
-        assert_eq!(
-            merged.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
-            ["Custom", "Ready"]
-        );
+        let other = Condition { type_: "Custom".into(), ..flipped[0].clone() };
+        let merged =
+            merge_conditions(&[other, flipped[0].clone()], &[c(CondStatus::True, "Published", "b")], Some(2), &t(400));
+        assert_eq!(merged.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Custom", "Ready"]);
         assert_eq!(merged[1].last_transition_time, t(300));
     }
 
     #[test]
     fn status_is_stable_when_nothing_changes() {
         let s = spec(RoutingStateName::Ready, vec![]);
-        let d = derive(
-            &s,
-            2,
-            &[
-                pod(0, true, false, &[]),
-                pod(1, true, false, &[(ANNOTATION_LOAD, "5")]),
-            ],
-        );
-        let st1 = compute_status(
-            None,
-            Some(1),
-            "web",
-            "web",
-            Some(&d),
-            &SyncState::Synced,
-            &t(100),
-        );
+        let d = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(ANNOTATION_LOAD, "5")])]);
+        let st1 = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Synced, &t(100));
         // A load change alone does not change the status (loads are not in it).
-        let d2 = derive(
-            &s,
-            2,
-            &[
-                pod(0, true, false, &[]),
-                pod(1, true, false, &[(ANNOTATION_LOAD, "50")]),
-            ],
-        );
-        let st2 = compute_status(
-            Some(&st1),
-            Some(1),
-            "web",
-            "web",
-            Some(&d2),
-            &SyncState::Synced,
-            &t(200),
-        );
+        let d2 = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(ANNOTATION_LOAD, "50")])]);
+        let st2 = compute_status(Some(&st1), Some(1), "web", "web", Some(&d2), &SyncState::Synced, &t(200));
         assert_eq!(st1, st2);
         assert_eq!(st1.ready_summary.as_deref(), Some("2/2"));
         assert_eq!(st1.leader.as_deref(), Some("web-0"));
         assert_eq!(st1.workload_state.as_deref(), Some("Ready"));
-        let cond = |st: &RouteStateStatus, ty: &str| {
-            st.conditions
-                .iter()
-                .find(|c| c.type_ == ty)
-                .unwrap()
-                .status
-                .clone()
-        };
+        let cond =
+            |st: &RouteStateStatus, ty: &str| st.conditions.iter().find(|c| c.type_ == ty).unwrap().status.clone();
         assert_eq!(cond(&st1, CONDITION_READY), "True");
         assert_eq!(cond(&st1, CONDITION_LEADER), "True");
 
         // Pod 0 gone: LeaderAvailable False with a reason, workload Unknown.
         let d3 = derive(&s, 2, &[pod(1, true, false, &[])]);
-        let st3 = compute_status(
-            Some(&st2),
-            Some(1),
-            "web",
-            "web",
-            Some(&d3),
-            &SyncState::Synced,
-            &t(300),
-        );
+        let st3 = compute_status(Some(&st2), Some(1), "web", "web", Some(&d3), &SyncState::Synced, &t(300));
         assert_eq!(cond(&st3, CONDITION_LEADER), "False");
         assert_eq!(st3.workload_state.as_deref(), Some("Unknown"));
         assert_eq!(st3.leader, None);
 
-        let missing = compute_status(
-            None,
-            Some(1),
-            "nope",
-            "nope",
-            None,
-            &SyncState::Pending,
-            &t(1),
-        );
+        let missing = compute_status(None, Some(1), "nope", "nope", None, &SyncState::Pending, &t(1));
         assert_eq!(cond(&missing, CONDITION_READY), "False");
         assert_eq!(cond(&missing, CONDITION_REDIS_SYNCED), "Unknown");
-        let failed = compute_status(
-            None,
-            Some(1),
-            "web",
-            "web",
-            Some(&d),
-            &SyncState::Failed("boom".into()),
-            &t(1),
-        );
+        let failed = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Failed("boom".into()), &t(1));
         assert_eq!(cond(&failed, CONDITION_READY), "False");
         assert_eq!(cond(&failed, CONDITION_REDIS_SYNCED), "False");
     }

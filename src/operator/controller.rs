@@ -1,0 +1,379 @@
+//! The kube-runtime controller: watches RouteStates, the StatefulSets they target and those
+//! StatefulSets' pods (trimmed caches), derives what to publish, hands it to the publisher,
+//! writes the status with server-side apply and emits Events. Level-triggered and idempotent.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::{
+    api::{apps::v1::StatefulSet, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    crd::RouteState,
+    derive::{self, Derived, Finding, PodFacts, PodPublish},
+    error::{Error, Result},
+    metrics::Metrics,
+    publisher::{Publisher, ServicePlan},
+};
+use crate::core::pod_index::POD_INDEX_LABEL;
+
+/// The finalizer that makes deleting a RouteState remove its Redis keys first.
+pub const FINALIZER: &str = "routestate.dev/cleanup";
+/// Field manager of the operator's status patches.
+pub const FIELD_MANAGER: &str = "routestate-operator";
+/// Level-triggered safety net: every RouteState is re-reconciled at least this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Trimmed pod cache.
+    pub pods: Store<Pod>,
+    /// Trimmed StatefulSet cache.
+    pub statefulsets: Store<StatefulSet>,
+    /// The Redis publisher.
+    pub publisher: Arc<Publisher>,
+    /// True while this replica holds the lease.
+    pub leader: watch::Receiver<bool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// What was last derived per RouteState (for Events on changes only).
+    seen: Mutex<HashMap<ObjectRef<RouteState>, Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    publish: Option<BTreeMap<u32, PodPublish>>,
+    findings: BTreeSet<String>,
+}
+
+/// Drops what the operator does not need from a pod: managed fields, spec, foreign annotations
+/// and labels, and every status field but the Ready condition.
+pub fn trim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(derive::ANNOTATION_PREFIX));
+    }
+    if let Some(l) = meta.labels.as_mut() {
+        l.retain(|k, _| k == POD_INDEX_LABEL);
+    }
+    if let Some(o) = meta.owner_references.as_mut() {
+        o.retain(|o| o.controller == Some(true));
+    }
+    pod.spec = None;
+    if let Some(status) = pod.status.as_mut() {
+        let conditions = status.conditions.take().map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect());
+        *status = Default::default();
+        status.conditions = conditions;
+    }
+}
+
+/// Drops the pod template, managed fields and annotations of a StatefulSet.
+pub fn trim_statefulset(sts: &mut StatefulSet) {
+    sts.metadata.managed_fields = None;
+    sts.metadata.annotations = None;
+    sts.spec.template = Default::default();
+    sts.spec.volume_claim_templates = None;
+}
+
+fn controlling_statefulset(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "StatefulSet")
+        .map(|o| o.name.clone())
+}
+
+fn routestates_for(
+    store: &Store<RouteState>,
+    namespace: Option<String>,
+    statefulset: &str,
+) -> Vec<ObjectRef<RouteState>> {
+    store
+        .state()
+        .iter()
+        .filter(|rs| rs.namespace() == namespace && rs.stateful_set_name() == statefulset)
+        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+        .collect()
+}
+
+/// The controller's inputs that are not RouteStates.
+pub struct Watches {
+    /// RouteState API (namespaced or all).
+    pub routestates: Api<RouteState>,
+    /// Pod API.
+    pub pods: Api<Pod>,
+    /// StatefulSet API.
+    pub statefulsets: Api<StatefulSet>,
+}
+
+/// The controller future plus the caches it fills (for readiness).
+pub struct Built {
+    /// Runs the controller until `shutdown`.
+    pub future: futures::future::BoxFuture<'static, ()>,
+    /// Pod cache.
+    pub pods: Store<Pod>,
+    /// StatefulSet cache.
+    pub statefulsets: Store<StatefulSet>,
+    /// RouteState cache.
+    pub routestates: Store<RouteState>,
+}
+
+/// Builds the controller. `resync_on` re-reconciles everything (a new lease term);
+/// `sync_changed` re-reconciles one RouteState (its Redis sync state changed).
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    watches: Watches,
+    client: Client,
+    recorder: Recorder,
+    publisher: Arc<Publisher>,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    sync_changed: mpsc::UnboundedReceiver<ObjectRef<RouteState>>,
+    shutdown: watch::Receiver<bool>,
+) -> Built {
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = watcher(watches.pods, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(pod_writer)
+        .touched_objects();
+    let (sts_store, sts_writer) = reflector::store();
+    let sts_stream = watcher(watches.statefulsets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim_statefulset)
+        .reflect(sts_writer)
+        .touched_objects();
+
+    let controller = Controller::new(watches.routestates, watcher::Config::default().any_semantic());
+    let rs_store = controller.store();
+    let (for_pods, for_sts) = (rs_store.clone(), rs_store.clone());
+    let ctx = Arc::new(Context {
+        client,
+        recorder,
+        pods: pod_store.clone(),
+        statefulsets: sts_store.clone(),
+        publisher,
+        leader: leader.clone(),
+        metrics,
+        seen: Mutex::default(),
+    });
+    let mut shutdown_signal = shutdown.clone();
+    let future = controller
+        .watches_stream(pod_stream, move |pod: Pod| match controlling_statefulset(&pod) {
+            Some(sts) => routestates_for(&for_pods, pod.namespace(), &sts),
+            None => Vec::new(),
+        })
+        .watches_stream(sts_stream, move |sts: StatefulSet| routestates_for(&for_sts, sts.namespace(), &sts.name_any()))
+        .reconcile_all_on(new_terms(leader))
+        .reconcile_on(futures::stream::unfold(sync_changed, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }))
+        .graceful_shutdown_on(async move {
+            let _ = shutdown_signal.wait_for(|s| *s).await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .boxed();
+    Built { future, pods: pod_store, statefulsets: sts_store, routestates: rs_store }
+}
+
+/// A `()` each time this replica becomes the lease holder.
+fn new_terms(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
+    futures::stream::unfold((leader, false), |(mut rx, was)| async move {
+        loop {
+            let now = *rx.borrow_and_update();
+            if now && !was {
+                return Some(((), (rx, true)));
+            }
+            let was = now;
+            if rx.changed().await.is_err() {
+                return None;
+            }
+            if was && !*rx.borrow() {
+                continue;
+            }
+        }
+    })
+}
+
+fn error_policy(rs: Arc<RouteState>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.metric_label());
+    tracing::warn!(routestate = %ObjectRef::from_obj(rs.as_ref()), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(rs: Arc<RouteState>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let ns = rs.namespace().ok_or_else(|| Error::Incomplete {
+        kind: "RouteState",
+        name: rs.name_any(),
+        field: "metadata.namespace",
+    })?;
+    // Reconciling before the caches are filled would publish an empty pod set.
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.statefulsets.wait_until_ready().await;
+
+    if !*ctx.leader.borrow() {
+        // Standby: keep the plan warm so a new term publishes at once; write nothing.
+        if rs.meta().deletion_timestamp.is_none() {
+            let (plan, _) = plan_for(&rs, &ns, &ctx);
+            ctx.publisher.set_plan(ObjectRef::from_obj(rs.as_ref()), plan);
+        }
+        return Ok(Action::await_change());
+    }
+    let api: Api<RouteState> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, rs, |event| async {
+        match event {
+            Finalizer::Apply(rs) => apply(rs, &ns, &ctx).await,
+            Finalizer::Cleanup(rs) => cleanup(rs, &ns, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// The plan for a RouteState and its derivation (`None` when its StatefulSet is missing).
+fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<(Derived, Vec<Finding>)>) {
+    let sts_name = rs.stateful_set_name();
+    let service = rs.service_name();
+    let sts = ctx.statefulsets.get(&ObjectRef::new(&sts_name).within(ns));
+    let derived = sts.map(|sts| {
+        let replicas = sts.spec.replicas.unwrap_or(1).max(0) as u32;
+        let mut findings = Vec::new();
+        let facts: Vec<PodFacts> = ctx
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns) && derive::owned_by(p, &sts_name))
+            .filter_map(|p| derive::pod_facts(p, &sts_name).map_err(|f| findings.push(f)).ok())
+            .collect();
+        (derive::derive(&rs.spec, replicas, &facts), findings)
+    });
+    let plan = ServicePlan {
+        namespace: ns.to_owned(),
+        service,
+        period_secs: rs.spec.update_period_seconds.clamp(1, 300),
+        pods: derived.as_ref().map(|(d, _)| d.publish.clone()).unwrap_or_default(),
+        workload: derived.as_ref().and_then(|(d, _)| d.workload.clone()),
+    };
+    (plan, derived)
+}
+
+async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
+    let key = ObjectRef::from_obj(rs.as_ref());
+    let (plan, derived) = plan_for(&rs, ns, ctx);
+    let service = plan.service.clone();
+    tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), "reconciling");
+    ctx.publisher.set_plan(key.clone(), plan.clone());
+    let derived = derived.map(|(mut d, mut findings)| {
+        findings.append(&mut d.findings);
+        d.findings = findings;
+        d
+    });
+
+    // Events: new findings (Warning) and routing changes (Normal), each once.
+    let (new_findings, changes) = {
+        let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(key.clone()).or_default();
+        let findings: BTreeSet<String> =
+            derived.iter().flat_map(|d| d.findings.iter().map(|f| format!("{}\u{1f}{f}", f.reason()))).collect();
+        let new: Vec<String> = findings.difference(&entry.findings).cloned().collect();
+        entry.findings = findings;
+        let changes = match &entry.publish {
+            Some(before) => derive::routing_changes(before, &plan.pods),
+            None => Vec::new(),
+        };
+        entry.publish = Some(plan.pods.clone());
+        (new, changes)
+    };
+    let reference = rs.object_ref(&());
+    for f in new_findings {
+        let (reason, note) = f.split_once('\u{1f}').unwrap_or(("Finding", f.as_str()));
+        publish_event(ctx, &reference, EventType::Warning, reason, "Derive", note.to_owned()).await;
+    }
+    for (index, before, after) in changes {
+        let name = |s: Option<crate::core::RoutingState>| s.map_or("not published", |s| s.wire_name());
+        let note = format!("pod index {index} of service {service}: {} -> {}", name(before), name(after));
+        publish_event(ctx, &reference, EventType::Normal, "RoutingChanged", "Publish", note).await;
+    }
+
+    // Status: server-side apply, skipped when nothing changed (no self-triggering).
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = derive::compute_status(
+        rs.status.as_ref(),
+        rs.meta().generation,
+        &rs.stateful_set_name(),
+        &service,
+        derived.as_ref(),
+        &ctx.publisher.sync_state(&key),
+        &now,
+    );
+    if rs.status.as_ref() != Some(&status) {
+        if !*ctx.leader.borrow() {
+            return Err(Error::NotLeader("patch status"));
+        }
+        let api: Api<RouteState> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = serde_json::json!({
+            "apiVersion": RouteState::api_version(&()),
+            "kind": RouteState::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&rs.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube(format!("patching the status of RouteState {ns}/{}", rs.name_any())))?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
+    let key = ObjectRef::from_obj(rs.as_ref());
+    ctx.publisher.remove(&key, ns, &rs.service_name()).await?;
+    ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    let note = format!("deleted the Redis keys of service {} (links are kept)", rs.service_name());
+    publish_event(ctx, &rs.object_ref(&()), EventType::Normal, "Cleanup", "Delete", note).await;
+    Ok(Action::await_change())
+}
+
+async fn publish_event(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    // An Event that cannot be written must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        ctx.metrics.error("event");
+        tracing::warn!(error = %e, reason, "publishing an Event failed");
+    }
+}
