@@ -35,3 +35,20 @@ cluster-env: ## print the env file (source it: `source <(make -s cluster-env)`)
 
 cluster-status: ## exit 0 when the local cluster is healthy
 	hack/cluster.sh status
+
+# --- operating routestate (chart, image, local run) ---
+.PHONY: run image chart-lint crd
+
+run: ## the operator on the local cluster (started if needed) with examples/; Ctrl-C stops what it started
+	hack/run.sh
+
+crd: ## regenerate crds/ from the Rust types and copy them into the chart
+	cargo run -q -- crd > crds/routestate.yaml
+	hack/sync-chart-crds.sh
+
+chart-lint: ## helm lint (strict) and render the chart
+	helm=$$(command -v helm || echo "$$(hack/testbin/build.sh)/helm"); \
+	"$$helm" lint --strict charts/routestate && "$$helm" template routestate charts/routestate >/dev/null
+
+image: ## build the container image routestate:dev (needs a Docker engine; none runs on the team machines)
+	docker build -t routestate:dev .

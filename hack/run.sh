@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# `make run`: the operator against a cluster, with the example service, until Ctrl-C.
+#
+# - KUBECONFIG points at a reachable cluster: use it (REDIS_URL must name a Redis the operator
+#   can reach). Otherwise use the local test cluster, starting it (control plane + Redis) when it
+#   is not running.
+# - Installs the RouteState CRD, builds and starts the operator (watching RUN_NAMESPACE only),
+#   applies examples/ into RUN_NAMESPACE and waits until the RouteState is Ready.
+# - Ctrl-C / SIGTERM: deletes the example objects (while the operator still runs, so its
+#   finalizer removes the Redis keys), stops the operator, deletes RUN_NAMESPACE if this run
+#   created it, and stops the local cluster only if this run started it.
+#
+# Environment: RUN_NAMESPACE (default routestate-demo), RUN_HTTP_ADDR (default a free
+# 127.0.0.1 port), ROUTESTATE_BIN (use this binary instead of `cargo build`), RUN_DIR (logs,
+# default target/run).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+NS=${RUN_NAMESPACE:-routestate-demo}
+RUN_DIR=${RUN_DIR:-$ROOT/target/run/$NS}
+mkdir -p "$RUN_DIR"
+OP_LOG=$RUN_DIR/operator.log
+
+say() { echo "run: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+started_cluster=0
+created_ns=0
+op_pid=""
+cleaning=0
+
+cleanup() {
+  local rc=$?
+  ((cleaning)) && return
+  cleaning=1
+  trap '' INT TERM
+  if [[ -n $op_pid ]] && kill -0 "$op_pid" 2>/dev/null; then
+    say "deleting the example objects in $NS (the operator's finalizer removes their Redis keys)"
+    kubectl delete -n "$NS" -f examples/ --ignore-not-found --wait=true --timeout=30s >/dev/null 2>&1 || true
+    say "stopping the operator (pid $op_pid)"
+    kill -TERM "$op_pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$op_pid" 2>/dev/null; do
+      if ((SECONDS >= deadline)); then say "operator did not stop in 30s, killing it"; kill -KILL "$op_pid" 2>/dev/null || true; fi
+      sleep 0.2
+    done
+    wait "$op_pid" 2>/dev/null || true
+  fi
+  if ((created_ns)); then
+    say "deleting namespace $NS"
+    kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  fi
+  if ((started_cluster)); then
+    say "stopping the local cluster this run started"
+    hack/cluster.sh down || true
+  fi
+  say "stopped"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+reachable() { kubectl get --raw=/readyz --request-timeout=5s >/dev/null 2>&1; }
+
+# 1. A cluster and Redis.
+if [[ -n ${KUBECONFIG:-} ]] && command -v kubectl >/dev/null && reachable; then
+  say "using the cluster of KUBECONFIG=$KUBECONFIG"
+  : "${REDIS_URL:?KUBECONFIG names a reachable cluster, so set REDIS_URL to a Redis the operator can reach (e.g. redis://127.0.0.1:6379)}"
+else
+  if ! hack/cluster.sh status 2>/dev/null; then
+    say "starting the local control plane and Redis (hack/cluster.sh up)"
+    started_cluster=1
+    hack/cluster.sh up
+  else
+    say "using the running local cluster (.cluster/)"
+  fi
+  # shellcheck disable=SC1090
+  source <(hack/cluster.sh env)
+fi
+command -v kubectl >/dev/null || die "kubectl not found on PATH"
+
+# 2. The operator binary and the CRD.
+if [[ -z ${ROUTESTATE_BIN:-} ]]; then
+  say "building the operator (cargo build)"
+  cargo build --quiet --bin routestate
+  ROUTESTATE_BIN=$ROOT/target/debug/routestate
+fi
+[[ -x $ROUTESTATE_BIN ]] || die "ROUTESTATE_BIN=$ROUTESTATE_BIN is not an executable"
+say "installing the RouteState CRD"
+"$ROUTESTATE_BIN" crd | kubectl apply --server-side --force-conflicts --field-manager=routestate-run -f - >/dev/null
+kubectl wait --for=condition=Established crd/routestates.routestate.dev --timeout=60s >/dev/null
+
+if ! kubectl get namespace "$NS" >/dev/null 2>&1; then
+  kubectl create namespace "$NS" >/dev/null
+  created_ns=1
+fi
+
+# 3. The operator, in the background, watching only $NS.
+HTTP_ADDR=${RUN_HTTP_ADDR:-127.0.0.1:$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
+say "starting the operator (log: $OP_LOG)"
+"$ROUTESTATE_BIN" run \
+  --redis-url "$REDIS_URL" \
+  --namespace "$NS" \
+  --http-addr "$HTTP_ADDR" \
+  --log-format text \
+  >"$OP_LOG" 2>&1 &
+op_pid=$!
+echo "$op_pid" >"$RUN_DIR/operator.pid"
+deadline=$((SECONDS + 60))
+until curl -sf "http://$HTTP_ADDR/readyz" >/dev/null 2>&1; do
+  kill -0 "$op_pid" 2>/dev/null || { tail -n 30 "$OP_LOG" >&2; die "the operator exited during start-up (log above)"; }
+  ((SECONDS < deadline)) || { tail -n 30 "$OP_LOG" >&2; die "the operator is not ready after 60s (log above)"; }
+  sleep 0.2
+done
+
+# 4. The example service.
+say "applying examples/ to namespace $NS"
+kubectl apply -n "$NS" -f examples/ >/dev/null
+if ! kubectl wait -n "$NS" --for=condition=Ready routestate/web --timeout=120s >/dev/null; then
+  kubectl describe -n "$NS" routestate/web >&2 || true
+  tail -n 30 "$OP_LOG" >&2
+  die "RouteState web did not become Ready"
+fi
+
+kubectl get routestates -n "$NS"
+cat <<EOF2
+
+The operator (pid $op_pid) publishes StatefulSet $NS/web to $REDIS_URL. Try, in another shell
+(after \`source <(make -s cluster-env)\` for the local cluster):
+
+  # read the states the operator publishes (READY / DENY_NEW_CALL / SHUTDOWN per pod)
+  redis-cli -u $REDIS_URL HGETALL 'sf:{$NS:state:web}'
+  $ROUTESTATE_BIN status -n $NS
+
+  # drain pod 1 (keeps its users, takes no new ones), then undrain it
+  kubectl -n $NS patch routestate web --type=merge -p '{"spec":{"pods":[{"index":1,"routingState":"DenyNewCall"}]}}'
+  kubectl -n $NS patch routestate web --type=merge -p '{"spec":{"pods":[]}}'
+
+  # report load from the pod itself
+  kubectl -n $NS annotate pod web-2 routestate.dev/load=80 --overwrite
+
+  # scale, or shut the whole service off
+  kubectl -n $NS scale statefulset web --replicas=5
+  kubectl -n $NS patch routestate web --type=merge -p '{"spec":{"routingState":"Shutdown"}}'
+
+  kubectl -n $NS get routestates -w
+  curl -s http://$HTTP_ADDR/metrics
+
+Operator log: $OP_LOG. Ctrl-C stops the operator and everything this run started.
+EOF2
+say "ready: routestate/web is Ready in namespace $NS (operator pid $op_pid, http $HTTP_ADDR)"
+
+# 5. Foreground until Ctrl-C / SIGTERM, or until the operator dies.
+while kill -0 "$op_pid" 2>/dev/null; do
+  wait "$op_pid" || true
+done
+tail -n 30 "$OP_LOG" >&2
+op_pid=""
+die "the operator exited on its own (log above)"
