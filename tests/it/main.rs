@@ -12,6 +12,8 @@ mod client_read_model;
 mod client_role;
 mod cluster_smoke;
 mod operator_core;
+mod operator_crd;
+mod operator_ha;
 mod server_driver;
 mod store_links;
 mod store_states;
