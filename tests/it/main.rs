@@ -12,6 +12,7 @@ mod client_read_model;
 mod client_role;
 mod cluster_smoke;
 mod operator_core;
+mod reliability_links;
 mod operator_crd;
 mod operator_ha;
 mod server_driver;
