@@ -11,6 +11,7 @@ mod chart_static;
 mod client_read_model;
 mod client_role;
 mod cluster_smoke;
+mod kubectl_experience;
 mod operator_core;
 mod operator_crd;
 mod operator_ha;
