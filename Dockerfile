@@ -2,7 +2,7 @@
 # The routestate operator image: a static (musl) binary on distroless/static, running as the
 # non-root user 65532. `make image` builds it as routestate:dev.
 
-FROM rust:1.91-alpine AS build
+FROM rust:1.95-alpine AS build
 # musl-dev: the C runtime ring links against; Rust's musl target links statically by default.
 RUN apk add --no-cache musl-dev
 WORKDIR /src

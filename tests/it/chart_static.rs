@@ -160,6 +160,7 @@ async fn schema_rejects_typos_and_password_values() {
     for (sets, reason) in [
         (&["replicaCount=2", "leaderElection.enabled=false"][..], "leaderElection"),
         (&["redis.urls={redis://a:1,redis://b:1}"][..], "redis.cluster"),
+        (&["leaderElection.renewPeriodSeconds=8"][..], "less than half"),
         (&["redis.tls.caSecret.name=a", "redis.tls.caConfigMap.name=b"][..], "at most one"),
     ] {
         let mut args = vec!["template", "t", chart];

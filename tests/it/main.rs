@@ -12,6 +12,7 @@ mod client_read_model;
 mod client_role;
 mod cluster_smoke;
 mod kubectl_experience;
+mod kubectl_make_run;
 mod operator_core;
 mod operator_crd;
 mod operator_ha;

@@ -55,6 +55,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a Lease every replica would write Redis" }}
 {{- end }}
+{{- if and .Values.leaderElection.enabled (ge (mul 2 (int .Values.leaderElection.renewPeriodSeconds)) (int .Values.leaderElection.leaseDurationSeconds)) }}
+{{- fail "leaderElection.renewPeriodSeconds must be less than half of leaderElection.leaseDurationSeconds" }}
+{{- end }}
 {{- if and .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name }}
 {{- fail "set at most one of redis.tls.caSecret.name and redis.tls.caConfigMap.name" }}
 {{- end }}
