@@ -10,6 +10,7 @@ use std::{
 };
 
 pub mod cli;
+pub mod faults;
 pub mod operator;
 pub mod store;
 
