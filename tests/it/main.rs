@@ -17,6 +17,7 @@ mod operator_core;
 mod operator_crd;
 mod operator_ha;
 mod reliability_links;
+mod reliability_security;
 mod server_driver;
 mod store_links;
 mod store_states;
