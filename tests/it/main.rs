@@ -13,6 +13,7 @@ mod client_role;
 mod cluster_smoke;
 mod kubectl_experience;
 mod kubectl_make_run;
+mod operator_cli;
 mod operator_core;
 mod operator_crd;
 mod operator_ha;
