@@ -36,6 +36,9 @@ cluster-env: ## print the env file (source it: `source <(make -s cluster-env)`)
 cluster-status: ## exit 0 when the local cluster is healthy
 	hack/cluster.sh status
 
+bench: ## library benchmarks against a private redis-server (figures vs redis-benchmark, see docs/performance.md)
+	cargo bench --bench library
+
 # --- operating routestate (chart, image, local run) ---
 .PHONY: run image chart-lint crd
 

@@ -4,8 +4,7 @@
 
 use super::{Store, StoreError};
 use crate::core::{
-    Keys, PodState, SelectionPolicy, ServiceSnapshot, Workload, selection::parse_field,
-    staleness_window_ms,
+    Keys, PodState, SelectionPolicy, ServiceSnapshot, Workload, selection::parse_field, staleness_window_ms,
 };
 
 /// The meta hash field holding the service's publish period in seconds.
@@ -31,22 +30,23 @@ pub struct ServiceStates {
 impl ServiceStates {
     /// The staleness window: 3 × the published period, else `fallback_ms`.
     pub fn window_ms(&self, fallback_ms: u64) -> u64 {
-        self.update_period_secs
-            .map(staleness_window_ms)
-            .unwrap_or(fallback_ms)
+        self.update_period_secs.map(staleness_window_ms).unwrap_or(fallback_ms)
     }
 
     /// Judges the states at the read's server time. Garbage entries end up in `skipped`.
     pub fn snapshot(&self, fallback_window_ms: u64, range: u64) -> ServiceSnapshot {
-        let policy = SelectionPolicy {
-            window_ms: self.window_ms(fallback_window_ms),
-            range,
-        };
-        ServiceSnapshot::from_hash(
-            self.entries.iter().map(|(k, v)| (k, v)),
-            self.now_ms,
-            policy,
-        )
+        let policy = SelectionPolicy { window_ms: self.window_ms(fallback_window_ms), range };
+        ServiceSnapshot::from_hash(self.entries.iter().map(|(k, v)| (k, v)), self.now_ms, policy)
+    }
+}
+
+/// Writes a pod state as one argument straight into the command buffer (no temporary String:
+/// state writes are the operator's hot path).
+struct StateArg<'a>(&'a PodState);
+
+impl redis::ToRedisArgs for StateArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self.0);
     }
 }
 
@@ -58,16 +58,10 @@ impl Store {
         let state = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
         let meta = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
         let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(&state)
-            .cmd("HGET")
-            .arg(&meta)
-            .arg(UPDATE_PERIOD_FIELD)
-            .cmd("TIME");
+        pipe.cmd("HGETALL").arg(&state).cmd("HGET").arg(&meta).arg(UPDATE_PERIOD_FIELD).cmd("TIME");
         let mut conn = self.conn.clone();
         type Reply = (Vec<(String, String)>, Option<String>, (u64, u64));
-        let (entries, period, (secs, micros)): Reply =
-            self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
+        let (entries, period, (secs, micros)): Reply = self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
         let update_period_secs = period.as_deref().and_then(|p| {
             let parsed = parse_update_period(p);
             if parsed.is_none() {
@@ -75,31 +69,16 @@ impl Store {
             }
             parsed
         });
-        Ok(ServiceStates {
-            entries,
-            update_period_secs,
-            now_ms: secs * 1000 + micros / 1000,
-        })
+        Ok(ServiceStates { entries, update_period_secs, now_ms: secs * 1000 + micros / 1000 })
     }
 
     /// Writes one pod's state (`HSET`).
-    pub async fn set_pod_state(
-        &self,
-        ns: &str,
-        svc: &str,
-        pod: u32,
-        state: &PodState,
-    ) -> Result<(), StoreError> {
+    pub async fn set_pod_state(&self, ns: &str, svc: &str, pod: u32, state: &PodState) -> Result<(), StoreError> {
         self.set_pod_states(ns, svc, &[(pod, *state)]).await
     }
 
     /// Writes several pods' states of one service in one `HSET`.
-    pub async fn set_pod_states(
-        &self,
-        ns: &str,
-        svc: &str,
-        states: &[(u32, PodState)],
-    ) -> Result<(), StoreError> {
+    pub async fn set_pod_states(&self, ns: &str, svc: &str, states: &[(u32, PodState)]) -> Result<(), StoreError> {
         const OP: &str = "set_pod_states";
         let key = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
         if states.is_empty() {
@@ -108,7 +87,7 @@ impl Store {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(&key);
         for (pod, state) in states {
-            cmd.arg(pod).arg(state.encode());
+            cmd.arg(pod).arg(StateArg(state));
         }
         let mut conn = self.conn.clone();
         self.timed(OP, &key, cmd.exec_async(&mut conn)).await
@@ -122,24 +101,18 @@ impl Store {
         services: &[(S, Vec<(u32, PodState)>)],
     ) -> Result<(), StoreError> {
         const OP: &str = "set_services_pod_states";
-        let mut groups: std::collections::BTreeMap<u16, redis::Pipeline> =
-            std::collections::BTreeMap::new();
-        let mut first_key: std::collections::BTreeMap<u16, String> =
-            std::collections::BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<u16, redis::Pipeline> = std::collections::BTreeMap::new();
+        let mut first_key: std::collections::BTreeMap<u16, String> = std::collections::BTreeMap::new();
         for (svc, states) in services {
             let key = Keys::state(ns, svc.as_ref()).map_err(StoreError::key(OP))?;
             if states.is_empty() {
                 continue;
             }
-            let slot = if self.conn.is_cluster() {
-                crate::core::keys::hash_slot(&key)
-            } else {
-                0
-            };
+            let slot = if self.conn.is_cluster() { crate::core::keys::hash_slot(&key) } else { 0 };
             let pipe = groups.entry(slot).or_insert_with(redis::pipe);
             pipe.cmd("HSET").arg(&key);
             for (pod, state) in states {
-                pipe.arg(pod).arg(state.encode());
+                pipe.arg(pod).arg(StateArg(state));
             }
             pipe.ignore();
             first_key.entry(slot).or_insert(key);
@@ -147,80 +120,39 @@ impl Store {
         let first_key = &first_key;
         futures::future::try_join_all(groups.iter().map(|(slot, pipe)| async move {
             let mut conn = self.conn.clone();
-            self.timed(OP, &first_key[slot], pipe.exec_async(&mut conn))
-                .await
+            self.timed(OP, &first_key[slot], pipe.exec_async(&mut conn)).await
         }))
         .await?;
         Ok(())
     }
 
     /// Removes one pod's state (`HDEL`); returns whether it existed.
-    pub async fn remove_pod_state(
-        &self,
-        ns: &str,
-        svc: &str,
-        pod: u32,
-    ) -> Result<bool, StoreError> {
+    pub async fn remove_pod_state(&self, ns: &str, svc: &str, pod: u32) -> Result<bool, StoreError> {
         const OP: &str = "remove_pod_state";
         let key = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let n: i64 = self
-            .timed(
-                OP,
-                &key,
-                redis::cmd("HDEL").arg(&key).arg(pod).query_async(&mut conn),
-            )
-            .await?;
+        let n: i64 = self.timed(OP, &key, redis::cmd("HDEL").arg(&key).arg(pod).query_async(&mut conn)).await?;
         Ok(n == 1)
     }
 
     /// Publishes the service's state update period (the meta hash).
-    pub async fn set_update_period(
-        &self,
-        ns: &str,
-        svc: &str,
-        secs: u32,
-    ) -> Result<(), StoreError> {
+    pub async fn set_update_period(&self, ns: &str, svc: &str, secs: u32) -> Result<(), StoreError> {
         const OP: &str = "set_update_period";
         let key = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
         if secs == 0 {
-            return Err(StoreError::InvalidArgument {
-                op: OP,
-                reason: "update period must be > 0 seconds".into(),
-            });
+            return Err(StoreError::InvalidArgument { op: OP, reason: "update period must be > 0 seconds".into() });
         }
         let mut conn = self.conn.clone();
-        self.timed(
-            OP,
-            &key,
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(UPDATE_PERIOD_FIELD)
-                .arg(secs)
-                .exec_async(&mut conn),
-        )
-        .await
+        self.timed(OP, &key, redis::cmd("HSET").arg(&key).arg(UPDATE_PERIOD_FIELD).arg(secs).exec_async(&mut conn))
+            .await
     }
 
     /// Writes the workload aggregate (`SET`, no TTL).
-    pub async fn set_workload(
-        &self,
-        ns: &str,
-        svc: &str,
-        workload: &Workload,
-    ) -> Result<(), StoreError> {
+    pub async fn set_workload(&self, ns: &str, svc: &str, workload: &Workload) -> Result<(), StoreError> {
         const OP: &str = "set_workload";
         let key = Keys::workload(ns, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        self.timed(
-            OP,
-            &key,
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(workload.encode())
-                .exec_async(&mut conn),
-        )
-        .await
+        self.timed(OP, &key, redis::cmd("SET").arg(&key).arg(workload.encode()).exec_async(&mut conn)).await
     }
 
     /// Reads the workload aggregate; an unparsable value is an error naming the key and value.
@@ -228,10 +160,7 @@ impl Store {
         const OP: &str = "get_workload";
         let key = Keys::workload(ns, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let v: Option<String> = self
-            .timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn))
-            .await?;
-        v.map(|v| Workload::parse(&v).map_err(|e| StoreError::reply(OP, &key, e.to_string())))
-            .transpose()
+        let v: Option<String> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+        v.map(|v| Workload::parse(&v).map_err(|e| StoreError::reply(OP, &key, e.to_string()))).transpose()
     }
 }

@@ -4,12 +4,11 @@
 
 -- A canonical decimal u32 ("0", "17"; no sign, no leading zero) or -1. Link values and state
 -- hash fields that are anything else count as absent, exactly as the Rust reader treats them.
+-- tostring(n) == v rejects leading zeros, signs, spaces, exponents and hex in one comparison.
 local function pod_of(v)
-  if type(v) ~= 'string' or #v == 0 or #v > 10 or not string.match(v, '^%d+$') then return -1 end
-  if #v > 1 and string.sub(v, 1, 1) == '0' then return -1 end
   local n = tonumber(v)
-  if n > 4294967295 then return -1 end
-  return n
+  if n and n >= 0 and n <= 4294967295 and n % 1 == 0 and tostring(n) == v then return n end
+  return -1
 end
 
 -- The TTL argument: -1 (persistent) or a positive whole number of seconds; nil otherwise.

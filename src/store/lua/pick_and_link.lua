@@ -31,28 +31,42 @@ else
 end
 if now == nil or window == nil then return redis.error_reply('ERR routestate pick_and_link: bad time or window') end
 
--- A decimal that fits u64 (leading zeros allowed, as the Rust parser allows them).
+-- A decimal digit string that fits u64 (leading zeros allowed, as the Rust parser allows).
+-- Up to 15 digits always fits, so the common case is one tonumber.
 local function u64_of(s)
+  if #s <= 15 then return tonumber(s) end
   local digits = string.gsub(s, '^0+', '')
   if #digits > 20 or (#digits == 20 and digits > '18446744073709551615') then return nil end
   return tonumber(s)
 end
 
--- Parse every entry like core::PodState::parse; garbage is skipped, never an error.
+-- Parse every entry like core::PodState::parse (three '-'-separated decimal fields, the last
+-- one 0, 1 or 2; at most 64 bytes); garbage is skipped, never an error. Written with plain
+-- find/byte/sub rather than captures: this loop is the script's whole cost on big services.
+local find, byte, sub = string.find, string.byte, string.sub
 local available = {}
-local ready_idx, ready_load, n_ready, min = {}, {}, 0, nil
+local ready_idx, ready_load, n_ready, min, max_idx = {}, {}, 0, nil, 0
 for i = first, #entries - 1, 2 do
-  local idx, v = pod_of(entries[i]), entries[i + 1]
-  if idx ~= -1 and #v <= 64 then
-    local l, t, r = string.match(v, '^(%d+)%-(%d+)%-([012])$')
-    if l then
-      local load, ts = u64_of(l), u64_of(t)
-      if load and ts and (ts >= now or now - ts <= window) then
-        available[idx] = (r ~= '2')
-        if r == '0' then
-          n_ready = n_ready + 1
-          ready_idx[n_ready], ready_load[n_ready] = idx, load
-          if min == nil or load < min then min = load end
+  local f, v = entries[i], entries[i + 1]
+  local n = #v
+  -- field: canonical decimal u32; value: digits and '-' only, last char the routing state.
+  if n >= 5 and n <= 64 and (f == '0' or find(f, '^[1-9]%d*$')) and not find(v, '[^%d%-]') then
+    local idx = tonumber(f)
+    local d1 = find(v, '-', 1, true)
+    local d2 = d1 and find(v, '-', d1 + 1, true)
+    local r = byte(v, n)
+    if idx <= 4294967295 and d2 == n - 1 and d1 > 1 and d2 > d1 + 1 and r <= 50 then
+      local ts = u64_of(sub(v, d1 + 1, d2 - 1))
+      if ts and (ts >= now or now - ts <= window) then
+        available[idx] = (r ~= 50)
+        if r == 48 then
+          local load = u64_of(sub(v, 1, d1 - 1))
+          if load then
+            n_ready = n_ready + 1
+            ready_idx[n_ready], ready_load[n_ready] = idx, load
+            if min == nil or load < min then min = load end
+            if idx > max_idx then max_idx = idx end
+          end
         end
       end
     end
@@ -63,12 +77,29 @@ local cur = pod_of(redis.call('GET', KEYS[1]))
 if cur ~= -1 and available[cur] then return {cur, 0} end
 if n_ready == 0 then return {-1, 0} end
 
-local limit, good = min + range, {}
-for k = 1, n_ready do
-  if ready_load[k] <= limit then good[#good + 1] = ready_idx[k] end
+-- good in ascending pod index. StatefulSet indices are dense, so a scan over 0..max index
+-- beats sorting; sparse (odd) indices fall back to a sort.
+local limit, n_good, pod = min + range, 0, nil
+if max_idx <= 4 * n_ready + 64 then
+  local is_good = {}
+  for k = 1, n_ready do
+    if ready_load[k] <= limit then is_good[ready_idx[k]] = true; n_good = n_good + 1 end
+  end
+  local want = random % n_good
+  for idx = 0, max_idx do
+    if is_good[idx] then
+      if want == 0 then pod = idx; break end
+      want = want - 1
+    end
+  end
+else
+  local good = {}
+  for k = 1, n_ready do
+    if ready_load[k] <= limit then n_good = n_good + 1; good[n_good] = ready_idx[k] end
+  end
+  table.sort(good)
+  pod = good[(random % n_good) + 1]
 end
-table.sort(good)
-local pod = good[(random % #good) + 1]
 redis.call('SET', KEYS[1], pod, 'EX', ttl)
 redis.call('HDEL', KEYS[2], svc)
 return {pod, 1}
