@@ -266,3 +266,56 @@ async fn rendered_chart_is_accepted_by_the_api_server() {
         assert!(out.contains("deployment.apps/") && out.contains("(server dry run)"), "{sets:?}: {out}");
     }
 }
+
+/// The chart's container args, with `$(POD_NAMESPACE)` expanded as the kubelet would.
+async fn rendered_args(sets: &[&str]) -> Vec<String> {
+    let docs = render("rel", "ops", sets).await;
+    let dep = find(&docs, "Deployment", "rel-routestate").expect("Deployment");
+    dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("$(POD_NAMESPACE)", "ops"))
+        .collect()
+}
+
+#[tokio::test]
+async fn chart_args_are_accepted_by_the_routestate_binary() {
+    // Every flag the chart passes must parse: with a missing kubeconfig the binary gets past
+    // argument parsing and fails at runtime (exit 1, "reading kubeconfig"), whereas an unknown
+    // flag or bad value would exit 2 with clap's message.
+    let bin = env!("CARGO_BIN_EXE_routestate");
+    let kubeconfig = "--kubeconfig=/nonexistent/routestate-test/kubeconfig";
+    for sets in [
+        &[][..],
+        &[
+            "watchNamespace=apps",
+            "redis.urls={rediss://a:6379,rediss://b:6379}",
+            "redis.cluster=true",
+            "redis.tls.caSecret.name=ca",
+            "leaderElection.leaseDurationSeconds=30",
+            "leaderElection.renewPeriodSeconds=5",
+            "logFormat=text",
+        ][..],
+    ] {
+        let mut args = rendered_args(sets).await;
+        args.push(kubeconfig.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(bin, &args, None).await;
+        assert!(
+            !o.ok && o.stderr.contains("reading kubeconfig /nonexistent/routestate-test/kubeconfig"),
+            "{sets:?}: routestate {args:?} did not get past argument parsing:\n{}",
+            o.stderr
+        );
+    }
+    // With the password Secret: the mounted file's path reaches the binary (which reads it first).
+    let mut args = rendered_args(&["redis.existingSecret.name=auth"]).await;
+    args.push(kubeconfig.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(bin, &args, None).await;
+    assert!(
+        o.stderr.contains("reading the Redis password file /etc/routestate/redis-password/password"),
+        "routestate {args:?}:\n{}",
+        o.stderr
+    );
+}
