@@ -4,8 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use super::ClientError;
 use crate::core::{
-    DEFAULT_GOOD_RANGE, DEFAULT_UPDATE_PERIOD_SECS, LINK_CACHE_TTL_SECS, TEMP_LINK_TTL_SECS,
-    staleness_window_ms,
+    DEFAULT_GOOD_RANGE, DEFAULT_UPDATE_PERIOD_SECS, LINK_CACHE_TTL_SECS, TEMP_LINK_TTL_SECS, staleness_window_ms,
 };
 
 /// How the read model and the client role behave.

@@ -12,11 +12,7 @@ pub enum ClientError {
     Store(#[from] StoreError),
     /// No pod can take the user: nothing is routable and no existing link is available.
     #[error("no available pod for uid {uid:?} in service {svc:?} of namespace {ns:?}")]
-    NoAvailablePod {
-        ns: String,
-        uid: String,
-        svc: String,
-    },
+    NoAvailablePod { ns: String, uid: String, svc: String },
     /// The configuration is inconsistent.
     #[error("invalid client configuration: {0}")]
     Config(String),

@@ -25,10 +25,7 @@ impl Equivalent<SvcKey> for SvcRef<'_> {
 
 impl SvcRef<'_> {
     pub fn to_owned(self) -> SvcKey {
-        SvcKey {
-            ns: self.ns.to_owned(),
-            svc: self.svc.to_owned(),
-        }
+        SvcKey { ns: self.ns.to_owned(), svc: self.svc.to_owned() }
     }
 }
 
@@ -56,10 +53,6 @@ impl Equivalent<LinkKey> for LinkRef<'_> {
 
 impl LinkRef<'_> {
     pub fn to_owned(self) -> LinkKey {
-        LinkKey {
-            ns: self.ns.to_owned(),
-            uid: self.uid.to_owned(),
-            svc: self.svc.to_owned(),
-        }
+        LinkKey { ns: self.ns.to_owned(), uid: self.uid.to_owned(), svc: self.svc.to_owned() }
     }
 }

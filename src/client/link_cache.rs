@@ -48,10 +48,7 @@ impl LinkCache {
     pub fn get(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
         let key = LinkRef { ns, uid, svc };
         let shard = self.shard(&key).read().unwrap_or_else(|e| e.into_inner());
-        shard
-            .get(&key)
-            .filter(|e| e.expires > Instant::now())
-            .map(|e| e.pod)
+        shard.get(&key).filter(|e| e.expires > Instant::now()).map(|e| e.pod)
     }
 
     /// Caches `pod`; returns the previous unexpired pod.
@@ -63,10 +60,7 @@ impl LinkCache {
         if shard.len() >= 4096 && shard.len().is_power_of_two() {
             shard.retain(|_, e| e.expires > now);
         }
-        let entry = Entry {
-            pod,
-            expires: now + self.ttl,
-        };
+        let entry = Entry { pod, expires: now + self.ttl };
         let prev = match shard.get_mut(&key) {
             Some(e) => Some(std::mem::replace(e, entry)),
             None => {
@@ -81,18 +75,12 @@ impl LinkCache {
     pub fn expire(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
         let key = LinkRef { ns, uid, svc };
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
-        shard
-            .remove(&key)
-            .filter(|e| e.expires > Instant::now())
-            .map(|e| e.pod)
+        shard.remove(&key).filter(|e| e.expires > Instant::now()).map(|e| e.pod)
     }
 
     /// Number of entries, expired or not.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 
     /// Whether the cache holds no entry.
@@ -118,10 +106,6 @@ mod tests {
         c.set("n", "u", "s", 1);
         std::thread::sleep(Duration::from_millis(40)); // the TTL itself is under test
         assert_eq!(c.get("n", "u", "s"), None);
-        assert_eq!(
-            c.set("n", "u", "s", 3),
-            None,
-            "an expired entry is no previous value"
-        );
+        assert_eq!(c.set("n", "u", "s", 3), None, "an expired entry is no previous value");
     }
 }

@@ -45,17 +45,15 @@ pub struct CachedService {
 impl CachedService {
     /// The Redis server time now, estimated from the last read (no round trip).
     pub fn server_now_ms(&self) -> u64 {
-        self.snapshot
-            .now_ms
-            .saturating_add(self.fetched_at.elapsed().as_millis() as u64)
+        self.snapshot.now_ms.saturating_add(self.fetched_at.elapsed().as_millis() as u64)
     }
 
     fn state_now(&self, pod: u32) -> Option<PodState> {
         match self.snapshot.classify(pod) {
             Classified::Absent => None,
-            Classified::Stale(s) | Classified::Alive(s) => s
-                .is_fresh(self.server_now_ms(), self.snapshot.policy.window_ms)
-                .then_some(s),
+            Classified::Stale(s) | Classified::Alive(s) => {
+                s.is_fresh(self.server_now_ms(), self.snapshot.policy.window_ms).then_some(s)
+            }
         }
     }
 
@@ -71,19 +69,14 @@ impl CachedService {
 
     /// Alive and not SHUTDOWN now: its linked users keep reaching it.
     pub fn is_available(&self, pod: u32) -> bool {
-        self.state_now(pod)
-            .is_some_and(|s| s.routing.keeps_linked())
+        self.state_now(pod).is_some_and(|s| s.routing.keeps_linked())
     }
 
     /// The snapshot re-judged at the current server time (only rebuilt when a state aged out).
     pub fn current(&self) -> std::borrow::Cow<'_, ServiceSnapshot> {
         let now = self.server_now_ms();
         let window = self.snapshot.policy.window_ms;
-        if self
-            .snapshot
-            .alive_pods()
-            .all(|p| p.state.is_fresh(now, window))
-        {
+        if self.snapshot.alive_pods().all(|p| p.state.is_fresh(now, window)) {
             return std::borrow::Cow::Borrowed(&self.snapshot);
         }
         std::borrow::Cow::Owned(ServiceSnapshot::from_states(
@@ -119,9 +112,7 @@ pub struct ReadModel {
 
 impl std::fmt::Debug for ReadModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadModel")
-            .field("services", &self.services().len())
-            .finish()
+        f.debug_struct("ReadModel").field("services", &self.services().len()).finish()
     }
 }
 
@@ -134,13 +125,7 @@ impl ReadModel {
             None => StdRng::from_rng(&mut rand::rng()),
         };
         let (events, _) = broadcast::channel(config.notify_capacity);
-        let inner = Arc::new(Inner {
-            store,
-            config,
-            services: RwLock::default(),
-            events,
-            rng: Mutex::new(rng),
-        });
+        let inner = Arc::new(Inner { store, config, services: RwLock::default(), events, rng: Mutex::new(rng) });
         tokio::spawn(refresh_loop(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
@@ -162,26 +147,13 @@ impl ReadModel {
 
     /// The services cached so far.
     pub fn services(&self) -> Vec<(String, String)> {
-        let map = self
-            .inner
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let map = self.inner.services.read().unwrap_or_else(|e| e.into_inner());
         map.keys().map(|k| (k.ns.clone(), k.svc.clone())).collect()
     }
 
     /// Runs `f` on the cached service if it was loaded already (no I/O, no allocation).
-    pub fn with_cached<R>(
-        &self,
-        ns: &str,
-        svc: &str,
-        f: impl FnOnce(&CachedService) -> R,
-    ) -> Option<R> {
-        let map = self
-            .inner
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+    pub fn with_cached<R>(&self, ns: &str, svc: &str, f: impl FnOnce(&CachedService) -> R) -> Option<R> {
+        let map = self.inner.services.read().unwrap_or_else(|e| e.into_inner());
         let slot = map.get(&SvcRef { ns, svc })?;
         let current = slot.current.read().unwrap_or_else(|e| e.into_inner());
         current.as_deref().map(f)
@@ -190,21 +162,11 @@ impl ReadModel {
     /// The cached service, loading it on first use.
     pub async fn service(&self, ns: &str, svc: &str) -> Result<Arc<CachedService>, ClientError> {
         let slot = self.slot(ns, svc);
-        if let Some(c) = slot
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(c) = slot.current.read().unwrap_or_else(|e| e.into_inner()).clone() {
             return Ok(c);
         }
         let _fetching = slot.fetch.lock().await;
-        if let Some(c) = slot
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(c) = slot.current.read().unwrap_or_else(|e| e.into_inner()).clone() {
             return Ok(c);
         }
         self.inner.fetch(ns, svc, &slot).await
@@ -218,23 +180,11 @@ impl ReadModel {
     }
 
     fn slot(&self, ns: &str, svc: &str) -> Arc<Slot> {
-        if let Some(slot) = self
-            .inner
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&SvcRef { ns, svc })
-        {
+        if let Some(slot) = self.inner.services.read().unwrap_or_else(|e| e.into_inner()).get(&SvcRef { ns, svc }) {
             return slot.clone();
         }
-        let mut map = self
-            .inner
-            .services
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(SvcRef { ns, svc }.to_owned())
-            .or_default()
-            .clone()
+        let mut map = self.inner.services.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(SvcRef { ns, svc }.to_owned()).or_default().clone()
     }
 
     /// Whether `pod` is alive and not SHUTDOWN (its linked users keep reaching it).
@@ -268,11 +218,7 @@ impl ReadModel {
 
     /// A random u32 from the (possibly seeded) source.
     pub fn random(&self) -> u32 {
-        self.inner
-            .rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .random()
+        self.inner.rng.lock().unwrap_or_else(|e| e.into_inner()).random()
     }
 
     /// Whether the service's workload aggregate is READY and fresh (by the service's window).
@@ -284,26 +230,14 @@ impl ReadModel {
 }
 
 impl Inner {
-    async fn fetch(
-        &self,
-        ns: &str,
-        svc: &str,
-        slot: &Slot,
-    ) -> Result<Arc<CachedService>, ClientError> {
+    async fn fetch(&self, ns: &str, svc: &str, slot: &Slot) -> Result<Arc<CachedService>, ClientError> {
         let read = self.store.read_service(ns, svc).await?;
         let snapshot = read.snapshot(self.config.fallback_window_ms, self.config.range_for(svc));
         for s in &snapshot.skipped {
             tracing::warn!(ns, svc, field = %s.field, reason = %s.reason, "skipping an unparsable pod state");
         }
-        let fresh = Arc::new(CachedService {
-            snapshot,
-            fetched_at: Instant::now(),
-        });
-        let previous = slot
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(fresh.clone());
+        let fresh = Arc::new(CachedService { snapshot, fetched_at: Instant::now() });
+        let previous = slot.current.write().unwrap_or_else(|e| e.into_inner()).replace(fresh.clone());
         if let Some(previous) = previous {
             self.notify(ns, svc, &previous.snapshot, &fresh.snapshot);
         }
@@ -319,13 +253,7 @@ impl Inner {
             if previous != now {
                 tracing::info!(ns, svc, pod, ?previous, ?now, "routing state changed");
                 // No subscriber is fine: the event is only logged then.
-                let _ = self.events.send(RoutingChange {
-                    ns: ns.to_owned(),
-                    svc: svc.to_owned(),
-                    pod,
-                    previous,
-                    now,
-                });
+                let _ = self.events.send(RoutingChange { ns: ns.to_owned(), svc: svc.to_owned(), pod, previous, now });
             }
         }
     }

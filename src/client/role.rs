@@ -45,9 +45,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("cached_links", &self.inner.cache.len())
-            .finish()
+        f.debug_struct("Client").field("cached_links", &self.inner.cache.len()).finish()
     }
 }
 
@@ -60,14 +58,7 @@ impl Client {
     /// A client sharing an existing read model.
     pub fn with_read_model(read: ReadModel) -> Self {
         let cache = LinkCache::new(read.config().link_cache_ttl);
-        Self {
-            inner: Arc::new(Inner {
-                read,
-                cache,
-                inflight: Mutex::default(),
-                computations: AtomicU64::new(0),
-            }),
-        }
+        Self { inner: Arc::new(Inner { read, cache, inflight: Mutex::default(), computations: AtomicU64::new(0) }) }
     }
 
     /// The read model (states, best pod, notifications).
@@ -77,9 +68,7 @@ impl Client {
 
     /// Counters.
     pub fn stats(&self) -> ClientStats {
-        ClientStats {
-            computations: self.inner.computations.load(Ordering::Relaxed),
-        }
+        ClientStats { computations: self.inner.computations.load(Ordering::Relaxed) }
     }
 
     /// The local link cache.
@@ -100,34 +89,21 @@ impl Client {
     /// with the temporary TTL → the pod actually linked if available → an existing link if
     /// available → [`ClientError::NoAvailablePod`]. Concurrent calls for the same
     /// (ns, uid, svc) share one computation.
-    pub async fn compute_linked_pod(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<u32, ClientError> {
+    pub async fn compute_linked_pod(&self, ns: &str, uid: &str, svc: &str) -> Result<u32, ClientError> {
         if let Some(pod) = self.cached_available(ns, uid, svc) {
             return Ok(pod);
         }
         let key = LinkRef { ns, uid, svc };
         let flight = {
-            let mut inflight = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut inflight = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
                     let this = self.clone();
                     let owned = key.to_owned();
-                    let f = async move {
-                        this.compute(&owned.ns, &owned.uid, &owned.svc)
-                            .await
-                            .map_err(Arc::new)
-                    }
-                    .boxed()
-                    .shared();
+                    let f = async move { this.compute(&owned.ns, &owned.uid, &owned.svc).await.map_err(Arc::new) }
+                        .boxed()
+                        .shared();
                     inflight.insert(key.to_owned(), f.clone());
                     f
                 }
@@ -135,11 +111,7 @@ impl Client {
         };
         let result = flight.clone().await;
         {
-            let mut inflight = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut inflight = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if inflight.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
                 inflight.remove(&key);
             }
@@ -153,11 +125,7 @@ impl Client {
     /// The cache hit path: no I/O, no allocation.
     fn cached_available(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
         let pod = self.inner.cache.get(ns, uid, svc)?;
-        self.inner
-            .read
-            .with_cached(ns, svc, |s| s.is_available(pod))
-            .unwrap_or(false)
-            .then_some(pod)
+        self.inner.read.with_cached(ns, svc, |s| s.is_available(pod)).unwrap_or(false).then_some(pod)
     }
 
     async fn compute(&self, ns: &str, uid: &str, svc: &str) -> Result<u32, ClientError> {
@@ -172,10 +140,7 @@ impl Client {
         }
         if let Some(best) = read.best_pod(ns, svc).await? {
             let ttl = LinkTtl::Temporary(self.config().temp_link_ttl_secs);
-            let linked = self
-                .store()
-                .set_linked_pod_if_absent(ns, uid, svc, best, ttl)
-                .await?;
+            let linked = self.store().set_linked_pod_if_absent(ns, uid, svc, best, ttl).await?;
             if read.is_available(ns, svc, linked).await? {
                 self.inner.cache.set(ns, uid, svc, linked);
                 return Ok(linked);
@@ -187,22 +152,13 @@ impl Client {
             self.inner.cache.set(ns, uid, svc, linked);
             return Ok(linked);
         }
-        Err(ClientError::NoAvailablePod {
-            ns: ns.to_owned(),
-            uid: uid.to_owned(),
-            svc: svc.to_owned(),
-        })
+        Err(ClientError::NoAvailablePod { ns: ns.to_owned(), uid: uid.to_owned(), svc: svc.to_owned() })
     }
 
     /// Places the user in one server-side script (see [`Store::pick_and_link`]): keeps an
     /// available existing link, else links a good pod chosen with this client's random source.
     /// The result is cached locally. `None` when nothing is available.
-    pub async fn pick_and_link(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, ClientError> {
+    pub async fn pick_and_link(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, ClientError> {
         let cfg = self.config();
         let params = PickParams {
             temp_ttl_secs: cfg.temp_link_ttl_secs,
@@ -223,12 +179,7 @@ impl Client {
     }
 
     /// The linked pod: the local cache, else Redis (cached on a hit).
-    pub async fn get_linked_pod(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, ClientError> {
+    pub async fn get_linked_pod(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, ClientError> {
         if let Some(pod) = self.inner.cache.get(ns, uid, svc) {
             return Ok(Some(pod));
         }
@@ -236,12 +187,7 @@ impl Client {
     }
 
     /// The linked pod from Redis, bypassing the cache (and refreshing it on a hit).
-    pub async fn get_linked_pod_not_cache(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, ClientError> {
+    pub async fn get_linked_pod_not_cache(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, ClientError> {
         let pod = self.store().get_linked_pod(ns, uid, svc).await?;
         if let Some(pod) = pod {
             self.inner.cache.set(ns, uid, svc, pod);
@@ -273,28 +219,15 @@ impl Client {
 
     /// Links (ns, uid, svc) to `pod` with the temporary TTL unless already linked; returns and
     /// caches the pod actually linked.
-    pub async fn set_linked_pod_if_absent(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-        pod: u32,
-    ) -> Result<u32, ClientError> {
+    pub async fn set_linked_pod_if_absent(&self, ns: &str, uid: &str, svc: &str, pod: u32) -> Result<u32, ClientError> {
         let ttl = LinkTtl::Temporary(self.config().temp_link_ttl_secs);
-        let linked = self
-            .store()
-            .set_linked_pod_if_absent(ns, uid, svc, pod, ttl)
-            .await?;
+        let linked = self.store().set_linked_pod_if_absent(ns, uid, svc, pod, ttl).await?;
         self.inner.cache.set(ns, uid, svc, linked);
         Ok(linked)
     }
 
     /// A uid's persistent links, service → pod.
-    pub async fn get_link_services(
-        &self,
-        ns: &str,
-        uid: &str,
-    ) -> Result<BTreeMap<String, u32>, ClientError> {
+    pub async fn get_link_services(&self, ns: &str, uid: &str) -> Result<BTreeMap<String, u32>, ClientError> {
         Ok(self.store().get_link_services(ns, uid).await?)
     }
 

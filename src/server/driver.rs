@@ -26,9 +26,7 @@ pub enum ServerError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// A link operation named another namespace than the pod's.
-    #[error(
-        "namespace {requested:?} is not local: this pod only manages links in namespace {local:?}"
-    )]
+    #[error("namespace {requested:?} is not local: this pod only manages links in namespace {local:?}")]
     NotLocalNamespace { requested: String, local: String },
     /// The configuration is invalid.
     #[error("invalid server configuration: {0}")]
@@ -97,18 +95,13 @@ pub struct ServerDriver<T: StateTransport> {
 
 impl<T: StateTransport> Clone for ServerDriver<T> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self { inner: self.inner.clone() }
     }
 }
 
 impl<T: StateTransport> std::fmt::Debug for ServerDriver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerDriver")
-            .field("config", &self.inner.config)
-            .field("report", &self.report())
-            .finish()
+        f.debug_struct("ServerDriver").field("config", &self.inner.config).field("report", &self.report()).finish()
     }
 }
 
@@ -116,8 +109,7 @@ impl<T: StateTransport> ServerDriver<T> {
     /// A driver for the pod described by `config`. Initial state: load 0, no waiting tasks,
     /// READY (published by [`ServerDriver::start`]).
     pub fn new(store: Store, transport: T, config: ServerConfig) -> Result<Self, ServerError> {
-        Keys::state(&config.namespace, &config.service)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+        Keys::state(&config.namespace, &config.service).map_err(|e| ServerError::Config(e.to_string()))?;
         if config.update_period.is_zero() {
             return Err(ServerError::Config("update_period must be > 0".into()));
         }
@@ -218,35 +210,18 @@ impl<T: StateTransport> ServerDriver<T> {
             tracing::error!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, error = %e, "publishing DENY_NEW_CALL failed");
         }
         let window = cfg.drain_window();
-        tracing::info!(
-            ns = cfg.namespace,
-            svc = cfg.service,
-            pod = cfg.pod_index,
-            ?window,
-            "draining"
-        );
+        tracing::info!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, ?window, "draining");
         let outcome = tokio::select! {
             _ = tokio::time::sleep(window) => StopOutcome::Drained,
             _ = cancel.cancelled() => StopOutcome::Cancelled,
         };
         let last = self.set_routing_state(RoutingState::Shutdown).await;
         self.inner.stop.cancel();
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let task = self.inner.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
             let _ = task.await;
         }
-        tracing::info!(
-            ns = cfg.namespace,
-            svc = cfg.service,
-            pod = cfg.pod_index,
-            ?outcome,
-            "server driver stopped"
-        );
+        tracing::info!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, ?outcome, "server driver stopped");
         last.map(|()| outcome)
     }
 
@@ -255,37 +230,20 @@ impl<T: StateTransport> ServerDriver<T> {
         if ns.is_empty() || ns == local {
             Ok(())
         } else {
-            Err(ServerError::NotLocalNamespace {
-                requested: ns.to_owned(),
-                local: local.clone(),
-            })
+            Err(ServerError::NotLocalNamespace { requested: ns.to_owned(), local: local.clone() })
         }
     }
 
     fn ns<'a>(&'a self, ns: &'a str) -> Result<&'a str, ServerError> {
         self.check_local(ns)?;
-        Ok(if ns.is_empty() {
-            &self.inner.config.namespace
-        } else {
-            ns
-        })
+        Ok(if ns.is_empty() { &self.inner.config.namespace } else { ns })
     }
 
     /// Links the uid persistently to `pod` (unconditionally); returns the previous pod.
     /// `ns` must be the pod's namespace or empty.
-    pub async fn set_linked_pod(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-        pod: u32,
-    ) -> Result<Option<u32>, ServerError> {
+    pub async fn set_linked_pod(&self, ns: &str, uid: &str, svc: &str, pod: u32) -> Result<Option<u32>, ServerError> {
         let ns = self.ns(ns)?;
-        let prev = self
-            .inner
-            .store
-            .set_linked_pod(ns, uid, svc, pod, LinkTtl::Persistent)
-            .await?;
+        let prev = self.inner.store.set_linked_pod(ns, uid, svc, pod, LinkTtl::Persistent).await?;
         tracing::info!(ns, uid, svc, pod, ?prev, "set linked pod");
         Ok(prev)
     }
@@ -299,11 +257,7 @@ impl<T: StateTransport> ServerDriver<T> {
         pod: u32,
     ) -> Result<TrySetOutcome, ServerError> {
         let ns = self.ns(ns)?;
-        let outcome = self
-            .inner
-            .store
-            .try_set_linked_pod(ns, uid, svc, pod, LinkTtl::Persistent)
-            .await?;
+        let outcome = self.inner.store.try_set_linked_pod(ns, uid, svc, pod, LinkTtl::Persistent).await?;
         tracing::info!(ns, uid, svc, pod, ?outcome, "try-set linked pod");
         Ok(outcome)
     }
@@ -317,11 +271,7 @@ impl<T: StateTransport> ServerDriver<T> {
         persist_seconds: u64,
     ) -> Result<bool, ServerError> {
         let ns = self.ns(ns)?;
-        let removed = self
-            .inner
-            .store
-            .remove_linked_pod(ns, uid, svc, persist_seconds)
-            .await?;
+        let removed = self.inner.store.remove_linked_pod(ns, uid, svc, persist_seconds).await?;
         tracing::info!(ns, uid, svc, persist_seconds, removed, "removed linked pod");
         Ok(removed)
     }
@@ -336,39 +286,19 @@ impl<T: StateTransport> ServerDriver<T> {
         persist_seconds: u64,
     ) -> Result<bool, ServerError> {
         let ns = self.ns(ns)?;
-        let removed = self
-            .inner
-            .store
-            .remove_linked_pod_with_id(ns, uid, svc, pod, persist_seconds)
-            .await?;
-        tracing::info!(
-            ns,
-            uid,
-            svc,
-            pod,
-            persist_seconds,
-            removed,
-            "removed linked pod with id"
-        );
+        let removed = self.inner.store.remove_linked_pod_with_id(ns, uid, svc, pod, persist_seconds).await?;
+        tracing::info!(ns, uid, svc, pod, persist_seconds, removed, "removed linked pod with id");
         Ok(removed)
     }
 
     /// The uid's link, persistent or temporary.
-    pub async fn get_linked_pod(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, ServerError> {
+    pub async fn get_linked_pod(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, ServerError> {
         let ns = self.ns(ns)?;
         Ok(self.inner.store.get_linked_pod(ns, uid, svc).await?)
     }
 }
 
-async fn publish<T: StateTransport>(
-    inner: &Inner<T>,
-    report: ServerReport,
-) -> Result<(), ServerError> {
+async fn publish<T: StateTransport>(inner: &Inner<T>, report: ServerReport) -> Result<(), ServerError> {
     let result = inner.transport.publish(report).await;
     *inner.dirty.lock().unwrap_or_else(|e| e.into_inner()) = result.is_err();
     if let Err(e) = &result {

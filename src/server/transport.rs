@@ -25,11 +25,7 @@ pub struct ServerReport {
 
 impl Default for ServerReport {
     fn default() -> Self {
-        Self {
-            load_state: 0,
-            waiting_tasks: 0,
-            routing: RoutingState::Ready,
-        }
+        Self { load_state: 0, waiting_tasks: 0, routing: RoutingState::Ready }
     }
 }
 
@@ -47,21 +43,12 @@ pub struct TransportError {
 impl TransportError {
     /// An error with a message only.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
+        Self { message: message.into(), source: None }
     }
 
     /// An error with a message and its cause.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
+    pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { message: message.into(), source: Some(Box::new(source)) }
     }
 }
 
@@ -69,8 +56,5 @@ impl TransportError {
 pub trait StateTransport: Send + Sync + 'static {
     /// Publishes the pod's current report. Called on every change and may be called repeatedly
     /// with the same report; implementations should be idempotent.
-    fn publish(
-        &self,
-        report: ServerReport,
-    ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send;
+    fn publish(&self, report: ServerReport) -> impl std::future::Future<Output = Result<(), TransportError>> + Send;
 }

@@ -44,13 +44,7 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 impl RedisOptions {
     /// Options for one standalone server URL with the default timeout.
     pub fn standalone(url: impl Into<String>) -> Self {
-        Self {
-            urls: vec![url.into()],
-            cluster: false,
-            password: None,
-            ca_file: None,
-            op_timeout: DEFAULT_OP_TIMEOUT,
-        }
+        Self { urls: vec![url.into()], cluster: false, password: None, ca_file: None, op_timeout: DEFAULT_OP_TIMEOUT }
     }
 
     /// Options for a Redis Cluster given its seed URLs, with the default timeout.
@@ -66,11 +60,7 @@ impl RedisOptions {
 
     /// The URLs with passwords redacted, for logs and errors.
     pub fn redacted_urls(&self) -> String {
-        self.urls
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -144,23 +134,12 @@ fn tls_certificates(opts: &RedisOptions) -> Result<Option<TlsCertificates>, Stor
     let Some(path) = &opts.ca_file else {
         return Ok(None);
     };
-    let pem = std::fs::read(path).map_err(|source| StoreError::CaFile {
-        path: PathBuf::from(path),
-        source,
-    })?;
-    Ok(Some(TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    }))
+    let pem = std::fs::read(path).map_err(|source| StoreError::CaFile { path: PathBuf::from(path), source })?;
+    Ok(Some(TlsCertificates { client_tls: None, root_cert: Some(pem) }))
 }
 
 fn connection_info(url: &str, password: Option<&str>) -> Result<redis::ConnectionInfo, StoreError> {
-    let info = url
-        .into_connection_info()
-        .map_err(|source| StoreError::InvalidUrl {
-            url: redact_url(url),
-            source,
-        })?;
+    let info = url.into_connection_info().map_err(|source| StoreError::InvalidUrl { url: redact_url(url), source })?;
     Ok(match password {
         Some(pw) => {
             let settings = info.redis_settings().clone().set_password(pw);
@@ -180,23 +159,13 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
         // rustls needs one process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let connect_err = |source| StoreError::Connect {
-        url: redacted.clone(),
-        source,
-    };
-    let timed_out = || StoreError::ConnectTimeout {
-        url: redacted.clone(),
-        timeout: opts.op_timeout,
-    };
+    let connect_err = |source| StoreError::Connect { url: redacted.clone(), source };
+    let timed_out = || StoreError::ConnectTimeout { url: redacted.clone(), timeout: opts.op_timeout };
     if opts.cluster {
-        let infos = opts
-            .urls
-            .iter()
-            .map(|u| connection_info(u, opts.password.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut builder = ClusterClientBuilder::new(infos)
-            .connection_timeout(opts.op_timeout)
-            .response_timeout(opts.op_timeout);
+        let infos =
+            opts.urls.iter().map(|u| connection_info(u, opts.password.as_deref())).collect::<Result<Vec<_>, _>>()?;
+        let mut builder =
+            ClusterClientBuilder::new(infos).connection_timeout(opts.op_timeout).response_timeout(opts.op_timeout);
         if let Some(pw) = &opts.password {
             builder = builder.password(pw);
         }
@@ -219,27 +188,19 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.op_timeout))
             .set_response_timeout(Some(opts.op_timeout));
-        let conn = tokio::time::timeout(
-            opts.op_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(connect_err)?;
+        let conn = tokio::time::timeout(opts.op_timeout, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(connect_err)?;
         Ok(RedisConn::Single(conn))
     }
 }
 
 /// Redis server time in epoch milliseconds (TIME).
 pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError> {
-    let (secs, micros): (u64, u64) =
-        redis::cmd("TIME")
-            .query_async(conn)
-            .await
-            .map_err(|source| StoreError::Redis {
-                op: "TIME",
-                key: "-".into(),
-                source,
-            })?;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(|source| StoreError::Redis { op: "TIME", key: "-".into(), source })?;
     Ok(secs * 1000 + micros / 1000)
 }

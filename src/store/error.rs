@@ -45,11 +45,7 @@ pub enum StoreError {
     },
     /// A command did not answer within the per-operation timeout.
     #[error("{op} on {key} timed out after {timeout:?}")]
-    Timeout {
-        op: &'static str,
-        key: String,
-        timeout: Duration,
-    },
+    Timeout { op: &'static str, key: String, timeout: Duration },
     /// A key could not be built from its parts.
     #[error("{op}: {source}")]
     Key {
@@ -59,11 +55,7 @@ pub enum StoreError {
     },
     /// Redis answered something the wire contract does not allow.
     #[error("{op} on {key}: unexpected reply {reply}")]
-    Reply {
-        op: &'static str,
-        key: String,
-        reply: String,
-    },
+    Reply { op: &'static str, key: String, reply: String },
     /// An argument was rejected before anything was sent.
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument { op: &'static str, reason: String },
@@ -84,19 +76,12 @@ impl StoreError {
             reply.truncate(end);
             reply.push('…');
         }
-        StoreError::Reply {
-            op,
-            key: key.to_owned(),
-            reply,
-        }
+        StoreError::Reply { op, key: key.to_owned(), reply }
     }
 
     /// Whether the error is a timeout (of a command or of connecting).
     pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Timeout { .. } | StoreError::ConnectTimeout { .. }
-        )
+        matches!(self, StoreError::Timeout { .. } | StoreError::ConnectTimeout { .. })
     }
 }
 
@@ -126,15 +111,9 @@ mod tests {
 
     #[test]
     fn passwords_never_survive_redaction() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(
-            redact_url("rediss://user:s3cret@h:1"),
-            "rediss://user:***@h:1"
-        );
+        assert_eq!(redact_url("rediss://user:s3cret@h:1"), "rediss://user:***@h:1");
         assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
         assert_eq!(redact_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
         assert_eq!(redact_url("not a url"), "not a url");

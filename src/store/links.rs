@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::{Store, StoreError, scripts};
-use crate::core::{
-    Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field, staleness_window_ms,
-};
+use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field, staleness_window_ms};
 use futures::future::try_join_all;
 
 /// The wire value of a persistent TTL (and of "no link" in script replies).
@@ -36,13 +34,9 @@ impl LinkTtl {
         match self {
             LinkTtl::Persistent => Ok(PERSIST_FOREVER),
             LinkTtl::Temporary(secs) => {
-                i64::try_from(secs).ok().filter(|&s| s > 0).ok_or_else(|| {
-                    StoreError::InvalidArgument {
-                        op,
-                        reason: format!(
-                            "temporary link TTL must be 1..=i64::MAX seconds, got {secs}"
-                        ),
-                    }
+                i64::try_from(secs).ok().filter(|&s| s > 0).ok_or_else(|| StoreError::InvalidArgument {
+                    op,
+                    reason: format!("temporary link TTL must be 1..=i64::MAX seconds, got {secs}"),
                 })
             }
         }
@@ -86,9 +80,7 @@ pub struct PickParams {
 fn wire_pod(op: &'static str, key: &str, v: i64) -> Result<Option<u32>, StoreError> {
     match v {
         -1 => Ok(None),
-        v => u32::try_from(v)
-            .map(Some)
-            .map_err(|_| StoreError::reply(op, key, v)),
+        v => u32::try_from(v).map(Some).map_err(|_| StoreError::reply(op, key, v)),
     }
 }
 
@@ -122,8 +114,7 @@ impl Store {
         inv.key(&keys.hash);
         args(&mut inv);
         let mut conn = self.conn.clone();
-        self.timed(op, &keys.link, inv.invoke_async(&mut conn))
-            .await
+        self.timed(op, &keys.link, inv.invoke_async(&mut conn)).await
     }
 
     /// Links (ns, uid, svc) to `pod` unconditionally; returns the previous pod.
@@ -182,13 +173,8 @@ impl Store {
                 i.arg(svc).arg(pod).arg(ttl);
             })
             .await?;
-        let current = wire_pod(OP, &keys.link, current)?
-            .ok_or_else(|| StoreError::reply(OP, &keys.link, current))?;
-        Ok(TrySetOutcome {
-            success: success == 1,
-            current,
-            previous: wire_pod(OP, &keys.link, previous)?,
-        })
+        let current = wire_pod(OP, &keys.link, current)?.ok_or_else(|| StoreError::reply(OP, &keys.link, current))?;
+        Ok(TrySetOutcome { success: success == 1, current, previous: wire_pod(OP, &keys.link, previous)? })
     }
 
     /// Removes the link. `persist_seconds > 0` keeps it readable as a temporary link for that
@@ -233,59 +219,30 @@ impl Store {
     }
 
     /// The pod (ns, uid, svc) is linked to, persistent or temporary.
-    pub async fn get_linked_pod(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, StoreError> {
+    pub async fn get_linked_pod(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, StoreError> {
         const OP: &str = "get_linked_pod";
         let key = Keys::link(ns, uid, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let v: Option<String> = self
-            .timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn))
-            .await?;
+        let v: Option<String> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
         v.map(|v| stored_pod(OP, &key, &v)).transpose()
     }
 
     /// The pod (ns, uid, svc) is linked to, only if the link is persistent.
-    pub async fn get_linked_pod_if_persist(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-    ) -> Result<Option<u32>, StoreError> {
+    pub async fn get_linked_pod_if_persist(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, StoreError> {
         const OP: &str = "get_linked_pod_if_persist";
         let key = Keys::link(ns, uid, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let pod: i64 = self
-            .timed(
-                OP,
-                &key,
-                scripts::GET_LINK_IF_PERSIST
-                    .key(&key)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let pod: i64 = self.timed(OP, &key, scripts::GET_LINK_IF_PERSIST.key(&key).invoke_async(&mut conn)).await?;
         wire_pod(OP, &key, pod)
     }
 
     /// A uid's persistent links: service → pod. Unparsable entries are skipped with a warning.
-    pub async fn get_link_services(
-        &self,
-        ns: &str,
-        uid: &str,
-    ) -> Result<BTreeMap<String, u32>, StoreError> {
+    pub async fn get_link_services(&self, ns: &str, uid: &str) -> Result<BTreeMap<String, u32>, StoreError> {
         const OP: &str = "get_link_services";
         let key = Keys::link_hash(ns, uid).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let entries: Vec<(String, String)> = self
-            .timed(
-                OP,
-                &key,
-                redis::cmd("HGETALL").arg(&key).query_async(&mut conn),
-            )
-            .await?;
+        let entries: Vec<(String, String)> =
+            self.timed(OP, &key, redis::cmd("HGETALL").arg(&key).query_async(&mut conn)).await?;
         let mut out = BTreeMap::new();
         for (svc, pod) in entries {
             match parse_field(&pod) {
@@ -313,11 +270,7 @@ impl Store {
         let mut groups: BTreeMap<u16, Vec<(&str, String)>> = BTreeMap::new();
         for uid in uids {
             let key = Keys::link(ns, uid.as_ref(), svc).map_err(StoreError::key(OP))?;
-            let slot = if self.conn.is_cluster() {
-                hash_slot(&key)
-            } else {
-                0
-            };
+            let slot = if self.conn.is_cluster() { hash_slot(&key) } else { 0 };
             groups.entry(slot).or_default().push((uid.as_ref(), key));
         }
         let replies = try_join_all(groups.values().map(|group| async move {
@@ -326,15 +279,9 @@ impl Store {
                 pipe.cmd("GET").arg(key);
             }
             let mut conn = self.conn.clone();
-            let values: Vec<Option<String>> = self
-                .timed(OP, &group[0].1, pipe.query_async(&mut conn))
-                .await?;
+            let values: Vec<Option<String>> = self.timed(OP, &group[0].1, pipe.query_async(&mut conn)).await?;
             Ok::<_, StoreError>(
-                group
-                    .iter()
-                    .zip(values)
-                    .map(|((uid, key), v)| (*uid, key.as_str(), v))
-                    .collect::<Vec<_>>(),
+                group.iter().zip(values).map(|((uid, key), v)| (*uid, key.as_str(), v)).collect::<Vec<_>>(),
             )
         }))
         .await?;
@@ -371,13 +318,8 @@ impl Store {
         check_pick(OP, &params)?;
         if self.conn.is_cluster() {
             let states = self.read_service(ns, svc).await?;
-            let window = states
-                .update_period_secs
-                .map(staleness_window_ms)
-                .unwrap_or(params.fallback_window_ms);
-            return self
-                .pick_and_link_inline(ns, uid, svc, params, states.now_ms, window, &states.entries)
-                .await;
+            let window = states.update_period_secs.map(staleness_window_ms).unwrap_or(params.fallback_window_ms);
+            return self.pick_and_link_inline(ns, uid, svc, params, states.now_ms, window, &states.entries).await;
         }
         let state = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
         let meta = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
@@ -390,9 +332,7 @@ impl Store {
             .arg("redis")
             .arg(params.fallback_window_ms);
         let mut conn = self.conn.clone();
-        let reply: (i64, i64) = self
-            .timed(OP, &keys.link, inv.invoke_async(&mut conn))
-            .await?;
+        let reply: (i64, i64) = self.timed(OP, &keys.link, inv.invoke_async(&mut conn)).await?;
         placement(OP, &keys.link, reply)
     }
 
@@ -426,18 +366,14 @@ impl Store {
             inv.arg(field).arg(value);
         }
         let mut conn = self.conn.clone();
-        let reply: (i64, i64) = self
-            .timed(OP, &keys.link, inv.invoke_async(&mut conn))
-            .await?;
+        let reply: (i64, i64) = self.timed(OP, &keys.link, inv.invoke_async(&mut conn)).await?;
         placement(OP, &keys.link, reply)
     }
 }
 
 fn persist_arg(op: &'static str, secs: u64) -> Result<i64, StoreError> {
-    i64::try_from(secs).map_err(|_| StoreError::InvalidArgument {
-        op,
-        reason: format!("persist seconds {secs} out of range"),
-    })
+    i64::try_from(secs)
+        .map_err(|_| StoreError::InvalidArgument { op, reason: format!("persist seconds {secs} out of range") })
 }
 
 fn check_pick(op: &'static str, p: &PickParams) -> Result<(), StoreError> {
@@ -447,22 +383,12 @@ fn check_pick(op: &'static str, p: &PickParams) -> Result<(), StoreError> {
     if p.range > MAX_EXACT || p.fallback_window_ms > MAX_EXACT {
         return Err(StoreError::InvalidArgument {
             op,
-            reason: format!(
-                "range {} / window {} must be ≤ 2^53",
-                p.range, p.fallback_window_ms
-            ),
+            reason: format!("range {} / window {} must be ≤ 2^53", p.range, p.fallback_window_ms),
         });
     }
     Ok(())
 }
 
-fn placement(
-    op: &'static str,
-    key: &str,
-    (pod, created): (i64, i64),
-) -> Result<Option<Placement>, StoreError> {
-    Ok(wire_pod(op, key, pod)?.map(|pod| Placement {
-        pod,
-        created: created == 1,
-    }))
+fn placement(op: &'static str, key: &str, (pod, created): (i64, i64)) -> Result<Option<Placement>, StoreError> {
+    Ok(wire_pod(op, key, pod)?.map(|pod| Placement { pod, created: created == 1 }))
 }

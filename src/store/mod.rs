@@ -49,17 +49,11 @@ impl Store {
     /// Redis server time in epoch milliseconds.
     pub async fn server_time_ms(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
-        self.timed("TIME", "-", async move { server_time_ms(&mut conn).await })
-            .await
+        self.timed("TIME", "-", async move { server_time_ms(&mut conn).await }).await
     }
 
     /// Runs one operation under the per-operation timeout, naming `op` and `key` on failure.
-    pub(crate) async fn timed<T, E, F>(
-        &self,
-        op: &'static str,
-        key: &str,
-        fut: F,
-    ) -> Result<T, StoreError>
+    pub(crate) async fn timed<T, E, F>(&self, op: &'static str, key: &str, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, E>>,
         E: IntoStoreError,
@@ -67,11 +61,7 @@ impl Store {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.into_store_error(op, key)),
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                key: key.to_owned(),
-                timeout: self.op_timeout,
-            }),
+            Err(_) => Err(StoreError::Timeout { op, key: key.to_owned(), timeout: self.op_timeout }),
         }
     }
 }
@@ -83,11 +73,7 @@ pub(crate) trait IntoStoreError {
 
 impl IntoStoreError for redis::RedisError {
     fn into_store_error(self, op: &'static str, key: &str) -> StoreError {
-        StoreError::Redis {
-            op,
-            key: key.to_owned(),
-            source: self,
-        }
+        StoreError::Redis { op, key: key.to_owned(), source: self }
     }
 }
 

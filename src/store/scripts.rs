@@ -9,12 +9,7 @@ use redis::Script;
 
 macro_rules! script {
     ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/common.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        })
+        LazyLock::new(|| Script::new(concat!(include_str!("lua/common.lua"), include_str!(concat!("lua/", $file)))))
     };
 }
 

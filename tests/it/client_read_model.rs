@@ -15,19 +15,12 @@ const SVC: &str = "game";
 
 pub async fn publish(store: &Store, ns: &str, svc: &str, states: &[(u32, u64, u64, RoutingState)]) {
     let now = store.server_time_ms().await.unwrap();
-    let states: Vec<_> = states
-        .iter()
-        .map(|&(i, load, age, r)| (i, PodState::new(load, now - age, r)))
-        .collect();
+    let states: Vec<_> = states.iter().map(|&(i, load, age, r)| (i, PodState::new(load, now - age, r))).collect();
     store.set_pod_states(ns, svc, &states).await.unwrap();
 }
 
 fn config(refresh: Duration) -> ClientConfig {
-    ClientConfig {
-        refresh_period: refresh,
-        seed: Some(7),
-        ..ClientConfig::default()
-    }
+    ClientConfig { refresh_period: refresh, seed: Some(7), ..ClientConfig::default() }
 }
 
 async fn classifies_and_picks(store: Store) {
@@ -53,26 +46,11 @@ async fn classifies_and_picks(store: Store) {
         "pod 4 is older than the 30 s fallback window"
     );
     assert_eq!(rm.routable_pods(&ns, SVC).await.unwrap(), vec![0, 3]);
-    for (pod, available) in [
-        (0, true),
-        (1, true),
-        (2, false),
-        (3, true),
-        (4, false),
-        (9, false),
-    ] {
-        assert_eq!(
-            rm.is_available(&ns, SVC, pod).await.unwrap(),
-            available,
-            "pod {pod}"
-        );
+    for (pod, available) in [(0, true), (1, true), (2, false), (3, true), (4, false), (9, false)] {
+        assert_eq!(rm.is_available(&ns, SVC, pod).await.unwrap(), available, "pod {pod}");
     }
     for _ in 0..20 {
-        assert_eq!(
-            rm.best_pod(&ns, SVC).await.unwrap(),
-            Some(0),
-            "pod 3 is out of range"
-        );
+        assert_eq!(rm.best_pod(&ns, SVC).await.unwrap(), Some(0), "pod 3 is out of range");
     }
     assert_eq!(rm.best_pod(&ns, "empty").await.unwrap(), None);
     assert_eq!(rm.services().len(), 2, "services load lazily");
@@ -80,10 +58,7 @@ async fn classifies_and_picks(store: Store) {
     // A per-service range makes pod 3 good too; with the seeded source both get picked.
     let wide = ReadModel::new(
         store.clone(),
-        ClientConfig {
-            ranges: [(SVC.to_owned(), 5_000)].into(),
-            ..config(Duration::from_secs(3600))
-        },
+        ClientConfig { ranges: [(SVC.to_owned(), 5_000)].into(), ..config(Duration::from_secs(3600)) },
     )
     .unwrap();
     let mut seen = std::collections::BTreeSet::new();
@@ -98,21 +73,12 @@ async fn freshness_is_judged_at_server_time_without_a_refresh(store: Store) {
     store.set_update_period(&ns, SVC, 1).await.unwrap(); // window 3 s
     publish(&store, &ns, SVC, &[(0, 1, 2_000, RoutingState::Ready)]).await;
     let rm = ReadModel::new(store.clone(), config(Duration::from_secs(3600))).unwrap();
-    assert!(
-        rm.is_available(&ns, SVC, 0).await.unwrap(),
-        "2 s old in a 3 s window"
-    );
+    assert!(rm.is_available(&ns, SVC, 0).await.unwrap(), "2 s old in a 3 s window");
     // No refresh happens (1 h period); the kept server time offset ages the state.
     wait_for("pod 0 to age out", Duration::from_secs(5), || {
         let rm = rm.clone();
         let ns = ns.clone();
-        async move {
-            if rm.is_available(&ns, SVC, 0).await.unwrap() {
-                Err("still available".into())
-            } else {
-                Ok(())
-            }
-        }
+        async move { if rm.is_available(&ns, SVC, 0).await.unwrap() { Err("still available".into()) } else { Ok(()) } }
     })
     .await;
     assert_eq!(rm.best_pod(&ns, SVC).await.unwrap(), None);
@@ -126,13 +92,7 @@ async fn background_refresh_notifies_changes(store: Store) {
     let mut events = rm.subscribe();
     assert!(rm.is_routable(&ns, SVC, 1).await.unwrap());
     publish(&store, &ns, SVC, &[(1, 1, 0, DenyNewCall)]).await;
-    let want = RoutingChange {
-        ns: ns.clone(),
-        svc: SVC.into(),
-        pod: 1,
-        previous: Some(Ready),
-        now: Some(DenyNewCall),
-    };
+    let want = RoutingChange { ns: ns.clone(), svc: SVC.into(), pod: 1, previous: Some(Ready), now: Some(DenyNewCall) };
     let got = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let e = events.recv().await.unwrap();
@@ -158,14 +118,7 @@ async fn background_refresh_notifies_changes(store: Store) {
     })
     .await
     .expect("a second routing change within 5 s");
-    assert_eq!(
-        got,
-        RoutingChange {
-            previous: Some(DenyNewCall),
-            now: None,
-            ..want
-        }
-    );
+    assert_eq!(got, RoutingChange { previous: Some(DenyNewCall), now: None, ..want });
 }
 
 async fn garbage_is_skipped(store: Store) {

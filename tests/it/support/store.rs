@@ -7,12 +7,9 @@ use routestate::store::{RedisOptions, Store};
 
 /// A store on the standalone Redis.
 pub async fn standalone() -> Store {
-    Store::connect(&RedisOptions {
-        op_timeout: Duration::from_secs(5),
-        ..RedisOptions::standalone(super::redis_url())
-    })
-    .await
-    .expect("connecting to the standalone Redis")
+    Store::connect(&RedisOptions { op_timeout: Duration::from_secs(5), ..RedisOptions::standalone(super::redis_url()) })
+        .await
+        .expect("connecting to the standalone Redis")
 }
 
 /// A store on the Redis Cluster.
