@@ -19,6 +19,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod publisher;
+pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -37,6 +38,7 @@ pub use crd::{PodOverride, PodSummary, RouteState, RouteStateSpec, RouteStateSta
 pub use error::{Error, Result};
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
+pub use transport::AnnotationTransport;
 
 use crate::store::{self, RedisOptions};
 
