@@ -172,6 +172,7 @@ pub fn build(
 
     let controller = Controller::new(watches.routestates, watcher::Config::default().any_semantic());
     let rs_store = controller.store();
+    publisher.set_routestate_store(rs_store.clone());
     let (for_pods, for_sts) = (rs_store.clone(), rs_store.clone());
     let ctx = Arc::new(Context {
         client,
@@ -227,6 +228,13 @@ fn new_terms(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
 fn error_policy(rs: Arc<RouteState>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.metric_label());
     tracing::warn!(routestate = %ObjectRef::from_obj(rs.as_ref()), error = %error, "reconcile failed");
+    if *ctx.leader.borrow() && !matches!(error, Error::NotLeader(_)) {
+        // The Recorder deduplicates repeats into an Event series.
+        let (reference, note) = (rs.object_ref(&()), error.to_string());
+        tokio::spawn(async move {
+            publish_event(&ctx, &reference, EventType::Warning, "ReconcileFailed", "Reconcile", note).await;
+        });
+    }
     Action::requeue(Duration::from_secs(5))
 }
 

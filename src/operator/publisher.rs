@@ -88,6 +88,7 @@ pub struct Publisher {
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     sync_changed: mpsc::UnboundedSender<ObjectRef<RouteState>>,
+    routestates: std::sync::OnceLock<kube::runtime::reflector::Store<RouteState>>,
 }
 
 impl Publisher {
@@ -108,7 +109,14 @@ impl Publisher {
             leader,
             metrics,
             sync_changed,
+            routestates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the publisher the controller's RouteState cache: plans of RouteStates missing from
+    /// it are dropped before each tick.
+    pub fn set_routestate_store(&self, store: kube::runtime::reflector::Store<RouteState>) {
+        let _ = self.routestates.set(store);
     }
 
     fn is_leader(&self) -> bool {
@@ -238,7 +246,12 @@ impl Publisher {
         let _w = self.writes.lock().await;
         let now = Instant::now();
         let due: Vec<Due> = {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // A replica may hold plans of RouteStates deleted while it was a standby (it never
+            // saw their cleanup): drop plans whose RouteState is gone from the cache.
+            if let Some(store) = self.routestates.get() {
+                entries.retain(|k, _| store.get(k).is_some());
+            }
             entries
                 .iter()
                 .filter(|(_, e)| e.dirty || e.next_due <= now)

@@ -17,6 +17,7 @@ mod operator_cli;
 mod operator_core;
 mod operator_crd;
 mod operator_ha;
+mod operator_redis_cluster;
 mod operator_transport;
 mod reliability_links;
 mod reliability_security;

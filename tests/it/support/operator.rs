@@ -44,12 +44,22 @@ pub fn init_logs() {
     }
 }
 
-/// Starts an operator watching only `namespace`, with an optional lease.
+/// Starts an operator watching only `namespace`, with an optional lease, on the standalone Redis.
 pub async fn start_operator(client: &Client, namespace: &str, lease: Option<LeaseConfig>) -> Operator {
+    start_operator_with(client, namespace, lease, RedisOptions::standalone(super::redis_url())).await
+}
+
+/// Starts an operator watching only `namespace` on the given Redis.
+pub async fn start_operator_with(
+    client: &Client,
+    namespace: &str,
+    lease: Option<LeaseConfig>,
+    redis: RedisOptions,
+) -> Operator {
     init_logs();
     let config = OperatorConfig {
         client: client.clone(),
-        redis: RedisOptions::standalone(super::redis_url()),
+        redis,
         namespace: Some(namespace.to_owned()),
         lease,
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
