@@ -44,6 +44,16 @@ async fn wait_row(ns: &str, want: &[&str]) {
     .await;
 }
 
+/// A plain HTTP/1.0 GET (the operator's endpoints need nothing more); returns the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting {addr}: {e}"));
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    out
+}
+
 #[tokio::test]
 async fn kubectl_get_describe_explain_and_wait() {
     let client = support::kube_client().await;
@@ -98,8 +108,9 @@ async fn kubectl_get_describe_explain_and_wait() {
             "LeaderAvailable",
             "Observed Generation:",
             "Events:",
+            // kube's Recorder folds Events with the same type/reason/action into one series
+            // (the note is not part of its key), so the first RoutingChanged note is what shows.
             "RoutingChanged",
-            "DENY_NEW_CALL",
             "MalformedAnnotation",
         ];
         match want.iter().find(|w| !out.stdout.contains(*w)) {
@@ -140,6 +151,32 @@ async fn kubectl_get_describe_explain_and_wait() {
         run("kubectl", &["wait", "--for=condition=Ready", "routestate/orphan", "-n", &ns.name, "--timeout=1s"], None)
             .await;
     assert!(!waited.ok, "kubectl wait reported Ready for a RouteState without its StatefulSet");
+
+    // The metrics and health endpoints the README documents exist under those names.
+    let addr = operator.http_addr().expect("the operator serves HTTP");
+    assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+    let metrics = http_get(addr, "/metrics").await;
+    let readme = std::fs::read_to_string(support::cli::repo_root().join("README.md")).unwrap();
+    // Rows look like "| `routestate_<name>{labels}` | meaning |".
+    let documented: Vec<(&str, bool)> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `routestate_"))
+        .map(|rest| {
+            let name = rest.split(['`', '{']).next().unwrap();
+            (name, rest[name.len()..].starts_with('{'))
+        })
+        .collect();
+    assert!(documented.len() >= 5, "README documents too few metrics: {documented:?}");
+    for (name, labelled) in documented {
+        let full = format!("routestate_{name}");
+        // prometheus-client writes a labelled family only once it has a child (e.g. the
+        // first error of a kind); unlabelled metrics are always there.
+        if labelled && !metrics.contains(&format!("{full}{{")) {
+            continue;
+        }
+        assert!(metrics.contains(&full), "README metric {full} is not served:\n{metrics}");
+    }
 
     // Delete the RouteStates while the operator runs, so their finalizers do not block the
     // namespace's deletion.
