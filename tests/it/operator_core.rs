@@ -112,6 +112,24 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         }
     })
     .await;
+    // No churn: two more heartbeats leave the RouteState (status included) untouched.
+    let rv = rs_api.get("web").await.unwrap().metadata.resource_version;
+    let mut seen = states(&mut redis, &ns.name, "web").await[&0].updated_at_ms;
+    for beat in 0..2 {
+        seen = support::wait_for(&format!("heartbeat {beat}"), Duration::from_secs(3 * PERIOD_SECS), || {
+            let mut redis = redis.clone();
+            let ns = ns.name.clone();
+            async move {
+                let s = states(&mut redis, &ns, "web").await;
+                match s.get(&0) {
+                    Some(p) if p.updated_at_ms > seen => Ok(p.updated_at_ms),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(rs_api.get("web").await.unwrap().metadata.resource_version, rv, "heartbeats changed the RouteState");
     let workload: String =
         redis::cmd("GET").arg(Keys::workload(&ns.name, "web").unwrap()).query_async(&mut redis).await.unwrap();
     let workload = Workload::parse(&workload).unwrap();
