@@ -160,8 +160,9 @@ impl Publisher {
     }
 
     /// Stops publishing a RouteState and deletes its state hash, meta hash and workload key
-    /// (never links). `extra` names the keys' service as computed from the object, for when this
-    /// replica has no plan for it (e.g. after a restart).
+    /// (never links). `namespace`/`service` are computed from the object, so the keys go even when
+    /// this replica has no plan for it (e.g. after a restart); a plan under another service name
+    /// (the spec changed) is deleted too. Only the lease holder may call it.
     pub async fn remove(&self, key: &ObjectRef<RouteState>, namespace: &str, service: &str) -> Result<()> {
         let _w = self.writes.lock().await;
         let removed = self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
