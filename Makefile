@@ -46,7 +46,7 @@ run: ## the operator on the local cluster (started if needed) with examples/; Ct
 	hack/run.sh
 
 crd: ## regenerate crds/ from the Rust types and copy them into the chart
-	cargo run -q -- crd > crds/routestate.yaml
+	cargo run -q -- crd > crds/routestate.yaml.tmp && mv crds/routestate.yaml.tmp crds/routestate.yaml
 	hack/sync-chart-crds.sh
 
 chart-lint: ## helm lint (strict) and render the chart
