@@ -19,6 +19,7 @@ mod operator_crd;
 mod operator_ha;
 mod operator_redis_cluster;
 mod operator_transport;
+mod reliability_bad_input;
 mod reliability_links;
 mod reliability_security;
 mod server_driver;
