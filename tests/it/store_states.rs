@@ -19,7 +19,9 @@ fn params(random: u32) -> PickParams {
     PickParams { temp_ttl_secs: 300, random, range: 500, fallback_window_ms: MINUTE }
 }
 
-fn random_entries(rng: &mut StdRng, now: u64, window: u64) -> Vec<(String, String)> {
+/// Random state hash entries judged at `now`; with `safe`, no age lies within 3 s of the window
+/// edge (for cases judged by a live Redis clock).
+fn random_entries(rng: &mut StdRng, now: u64, window: u64, safe: bool) -> Vec<(String, String)> {
     let n = rng.random_range(0..14);
     let sparse = rng.random_range(0..4) == 0;
     let mut entries = Vec::new();
@@ -41,7 +43,14 @@ fn random_entries(rng: &mut StdRng, now: u64, window: u64) -> Vec<(String, Strin
             1 => format!("{}-{}-7", rng.random_range(0..9), now),
             _ => {
                 // Ages around the window edge, and states from the future.
-                let age: i64 = rng.random_range(-5_000..(window as i64 + 5_000));
+                let w = window as i64;
+                let age: i64 = if !safe {
+                    rng.random_range(-5_000..(w + 5_000))
+                } else if rng.random_range(0..10) < 7 {
+                    rng.random_range(-5_000..(w - 3_000).max(-4_999))
+                } else {
+                    rng.random_range((w + 3_000)..(w + 8_000))
+                };
                 let ts = (now as i64 - age) as u64;
                 PodState::new(
                     rng.random_range(0..2_000),
@@ -72,7 +81,7 @@ async fn lua_selection_agrees_with_core(store: Store) {
     for i in 0..300 {
         let window = [1_000, 30_000, MINUTE][rng.random_range(0..3)];
         let range = [0, 100, 500, 5_000][rng.random_range(0..4)];
-        let entries = random_entries(&mut rng, now, window);
+        let entries = random_entries(&mut rng, now, window, false);
         let random: u32 = rng.random();
         let uid = format!("u{i}");
         let snapshot = ServiceSnapshot::from_hash(
@@ -97,6 +106,49 @@ async fn lua_selection_agrees_with_core(store: Store) {
         );
         let linked = store.get_linked_pod(&ns, &uid, SVC).await.unwrap();
         assert_eq!(linked, got.map(|g| g.pod).or(existing), "seed {seed} case {i}: the link");
+    }
+}
+
+/// The same comparison through `pick_and_link` itself: on standalone Redis the script reads the
+/// hash and TIME (and takes the one-HGET shortcut for kept links); on the cluster, the inline path.
+async fn live_selection_agrees_with_core(store: Store) {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ns = unique_name("live");
+    for i in 0..80 {
+        let window = [30_000, MINUTE][rng.random_range(0..2)];
+        let range = [0, 100, 500][rng.random_range(0..3)];
+        let now = store.server_time_ms().await.unwrap();
+        let entries = random_entries(&mut rng, now, window, true);
+        let svc = format!("s{i}");
+        if !entries.is_empty() {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(Keys::state(&ns, &svc).unwrap());
+            for (f, v) in &entries {
+                cmd.arg(f).arg(v);
+            }
+            let _: () = cmd.query_async(&mut store.conn()).await.unwrap();
+        }
+        let snapshot = ServiceSnapshot::from_hash(
+            entries.iter().map(|(k, v)| (k, v)),
+            now,
+            SelectionPolicy { window_ms: window, range },
+        );
+        let existing = (i % 2 == 0).then(|| rng.random_range(0..30u32));
+        if let Some(p) = existing {
+            store.set_linked_pod(&ns, "u", &svc, p, LinkTtl::Persistent).await.unwrap();
+        }
+        let random: u32 = rng.random();
+        let want = match existing {
+            Some(p) if snapshot.is_available(p) => Some(Placement { pod: p, created: false }),
+            _ => snapshot.pick(random).map(|pod| Placement { pod, created: true }),
+        };
+        let p = PickParams { range, fallback_window_ms: window, ..params(random) };
+        let got = store.pick_and_link(&ns, "u", &svc, p).await.unwrap();
+        assert_eq!(
+            got, want,
+            "seed {seed} case {i}: entries {entries:?} random {random} window {window} range {range} existing {existing:?}"
+        );
     }
 }
 
@@ -223,6 +275,7 @@ async fn state_hash_round_trip(store: Store) {
 
 crate::both!(
     lua_selection_agrees_with_core,
+    live_selection_agrees_with_core,
     pick_and_link_reads_states_itself,
     racing_placements_have_one_winner,
     state_hash_round_trip

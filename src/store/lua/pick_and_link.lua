@@ -20,8 +20,7 @@ if mode == 'redis' then
   window = tonumber(ARGV[6])
   local period = pod_of(redis.call('HGET', KEYS[4], 'updatePeriodSeconds'))
   if period > 0 then window = period * 3000 end
-  entries = redis.call('HGETALL', KEYS[3])
-  first = 1
+  first = 1  -- entries: read below, only when the existing link cannot be kept
 elseif mode == 'inline' then
   now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
   entries = ARGV
@@ -40,40 +39,56 @@ local function u64_of(s)
   return tonumber(s)
 end
 
--- Parse every entry like core::PodState::parse (three '-'-separated decimal fields, the last
--- one 0, 1 or 2; at most 64 bytes); garbage is skipped, never an error. Written with plain
--- find/byte/sub rather than captures: this loop is the script's whole cost on big services.
+-- Judges one state string like core::PodState::parse + freshness: nil for garbage or stale,
+-- else the routing state byte (48 READY, 49 DENY_NEW_CALL, 50 SHUTDOWN) and, for READY, the
+-- load. Three '-'-separated decimal fields, the last one 0, 1 or 2, at most 64 bytes. Plain
+-- find/byte/sub rather than captures: this is the script's whole cost on big services.
 local find, byte, sub = string.find, string.byte, string.sub
+local function judge(v)
+  local n = #v
+  if n < 5 or n > 64 or find(v, '[^%d%-]') then return nil end
+  local d1 = find(v, '-', 1, true)
+  local d2 = d1 and find(v, '-', d1 + 1, true)
+  local r = byte(v, n)
+  if d2 ~= n - 1 or d1 == 1 or d2 == d1 + 1 or r > 50 then return nil end
+  local ts = u64_of(sub(v, d1 + 1, d2 - 1))
+  if not ts or (ts < now and now - ts > window) then return nil end
+  if r ~= 48 then return r end
+  local load = u64_of(sub(v, 1, d1 - 1))
+  if not load then return nil end
+  return r, load
+end
+
+-- Keep an existing link whose pod is available (alive, not SHUTDOWN). With the state hash at
+-- hand that is one HGET, so returning users never pay for the full scan.
+local cur = pod_of(redis.call('GET', KEYS[1]))
+if cur ~= -1 and mode == 'redis' then
+  local v = redis.call('HGET', KEYS[3], cur)
+  local r = v and judge(v)
+  if r and r ~= 50 then return {cur, 0} end
+end
+if mode == 'redis' then entries = redis.call('HGETALL', KEYS[3]) end
+
+-- Judge every entry; garbage is skipped, never an error.
 local available = {}
 local ready_idx, ready_load, n_ready, min, max_idx = {}, {}, 0, nil, 0
 for i = first, #entries - 1, 2 do
-  local f, v = entries[i], entries[i + 1]
-  local n = #v
-  -- field: canonical decimal u32; value: digits and '-' only, last char the routing state.
-  if n >= 5 and n <= 64 and (f == '0' or find(f, '^[1-9]%d*$')) and not find(v, '[^%d%-]') then
+  local f = entries[i]
+  if f == '0' or find(f, '^[1-9]%d*$') then
     local idx = tonumber(f)
-    local d1 = find(v, '-', 1, true)
-    local d2 = d1 and find(v, '-', d1 + 1, true)
-    local r = byte(v, n)
-    if idx <= 4294967295 and d2 == n - 1 and d1 > 1 and d2 > d1 + 1 and r <= 50 then
-      local ts = u64_of(sub(v, d1 + 1, d2 - 1))
-      if ts and (ts >= now or now - ts <= window) then
-        available[idx] = (r ~= 50)
-        if r == 48 then
-          local load = u64_of(sub(v, 1, d1 - 1))
-          if load then
-            n_ready = n_ready + 1
-            ready_idx[n_ready], ready_load[n_ready] = idx, load
-            if min == nil or load < min then min = load end
-            if idx > max_idx then max_idx = idx end
-          end
-        end
+    local r, load = judge(entries[i + 1])
+    if r and idx <= 4294967295 then
+      available[idx] = (r ~= 50)
+      if load then
+        n_ready = n_ready + 1
+        ready_idx[n_ready], ready_load[n_ready] = idx, load
+        if min == nil or load < min then min = load end
+        if idx > max_idx then max_idx = idx end
       end
     end
   end
 end
 
-local cur = pod_of(redis.call('GET', KEYS[1]))
 if cur ~= -1 and available[cur] then return {cur, 0} end
 if n_ready == 0 then return {-1, 0} end
 
@@ -101,5 +116,6 @@ else
   pod = good[(random % n_good) + 1]
 end
 redis.call('SET', KEYS[1], pod, 'EX', ttl)
-redis.call('HDEL', KEYS[2], svc)
+-- A replaced persistent link (to a pod no longer available) leaves the persistent hash.
+if cur ~= -1 then redis.call('HDEL', KEYS[2], svc) end
 return {pod, 1}
