@@ -128,15 +128,15 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     loop {
-        let held = match tokio::time::timeout(config.renew_every, attempt(&api, &config)).await {
-            Ok(Ok(held)) => held,
+        let (held, expires) = match tokio::time::timeout(config.renew_every, attempt(&api, &config)).await {
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 tracing::warn!(lease = %config.name, error = %e, "lease renewal failed; not writing until it succeeds");
-                false
+                (false, None)
             }
             Err(_) => {
                 tracing::warn!(lease = %config.name, "lease renewal timed out; not writing until it succeeds");
-                false
+                (false, None)
             }
         };
         leader.send_if_modified(|was| {
@@ -148,8 +148,12 @@ pub async fn run(
                 false
             }
         });
+        // A standby retries right when the holder's claim expires, not up to a period later.
+        let wait = expires
+            .and_then(|e| Duration::try_from(e.duration_since(Timestamp::now())).ok())
+            .map_or(config.renew_every, |until| config.renew_every.min(until + Duration::from_millis(20)));
         tokio::select! {
-            _ = tokio::time::sleep(config.renew_every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
@@ -160,13 +164,14 @@ pub async fn run(
     }
 }
 
-/// One election round: true when we hold the lease afterwards.
-async fn attempt(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+/// One election round: whether we hold the lease afterwards, and when another holder's claim
+/// expires.
+async fn attempt(api: &Api<Lease>, config: &LeaseConfig) -> Result<(bool, Option<Timestamp>), kube::Error> {
     let now = Timestamp::now();
     let current = api.get_opt(&config.name).await?;
     let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &config.identity, now);
-    if let Decision::Follow { .. } = decision {
-        return Ok(false);
+    if let Decision::Follow { expires, .. } = decision {
+        return Ok((false, Some(expires)));
     }
     let spec =
         claimed(current.as_ref().and_then(|l| l.spec.as_ref()), &decision, &config.identity, config.duration, now);
@@ -185,8 +190,8 @@ async fn attempt(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::E
         }
     };
     match result {
-        Ok(()) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Ok(()) => Ok((true, None)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok((false, None)),
         Err(e) => Err(e),
     }
 }
