@@ -60,7 +60,7 @@ impl Store {
     {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.into_store_error(op, key)),
+            Ok(Err(e)) => Err(e.into_store_error(op, key, self.op_timeout)),
             Err(_) => Err(StoreError::Timeout { op, key: key.to_owned(), timeout: self.op_timeout }),
         }
     }
@@ -68,17 +68,21 @@ impl Store {
 
 /// Errors an operation inside [`Store::timed`] may produce.
 pub(crate) trait IntoStoreError {
-    fn into_store_error(self, op: &'static str, key: &str) -> StoreError;
+    fn into_store_error(self, op: &'static str, key: &str, timeout: Duration) -> StoreError;
 }
 
 impl IntoStoreError for redis::RedisError {
-    fn into_store_error(self, op: &'static str, key: &str) -> StoreError {
+    fn into_store_error(self, op: &'static str, key: &str, timeout: Duration) -> StoreError {
+        // The redis crate's own response timeout (also `op_timeout`) may fire first.
+        if self.is_timeout() {
+            return StoreError::Timeout { op, key: key.to_owned(), timeout };
+        }
         StoreError::Redis { op, key: key.to_owned(), source: self }
     }
 }
 
 impl IntoStoreError for StoreError {
-    fn into_store_error(self, _op: &'static str, _key: &str) -> StoreError {
+    fn into_store_error(self, _op: &'static str, _key: &str, _timeout: Duration) -> StoreError {
         self
     }
 }

@@ -232,3 +232,38 @@ async fn password_option_overrides_the_url() {
     let err = Store::connect(&opts).await.unwrap_err().to_string();
     assert!(!err.contains("wrong-secret"), "{err}");
 }
+
+#[tokio::test]
+async fn operations_time_out_naming_operation_and_key() {
+    // A server that accepts connections and never answers: connecting times out.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://:hunter2@{}", listener.local_addr().unwrap());
+    let opts = RedisOptions { op_timeout: Duration::from_millis(300), ..RedisOptions::standalone(url) };
+    let err = Store::connect(&opts).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    drop(listener);
+
+    // A connected server that stalls (CLIENT PAUSE, on a private server): the operation times
+    // out with its name and key, and works again once the server answers.
+    let redis = crate::support::faults::PrivateRedis::start();
+    let store = Store::connect(&RedisOptions {
+        op_timeout: Duration::from_millis(300),
+        ..RedisOptions::standalone(redis.url())
+    })
+    .await
+    .unwrap();
+    store.set_linked_pod("ns", "u", SVC, 4, LinkTtl::Persistent).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query(&mut redis.cli()).unwrap();
+    let err = store.get_linked_pod("ns", "u", SVC).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Timeout { op: "get_linked_pod", key, .. } if key == "sf:{ns:lk:u}game"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("get_linked_pod") && err.to_string().contains("sf:{ns:lk:u}game"), "{err}");
+    wait_for("the paused server to answer again", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.get_linked_pod("ns", "u", SVC).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+}
