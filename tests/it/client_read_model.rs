@@ -142,9 +142,45 @@ async fn garbage_is_skipped(store: Store) {
     assert_eq!(s.snapshot.skipped.len(), 3);
 }
 
+async fn workload_readiness_uses_the_service_window(store: Store) {
+    use routestate::core::{Workload, WorkloadState};
+    let ns = unique_name("workload");
+    let rm = ReadModel::new(store.clone(), config(Duration::from_secs(3600))).unwrap();
+    assert!(!rm.is_workload_ready(&ns, SVC).await.unwrap(), "no workload value");
+    let now = store.server_time_ms().await.unwrap();
+    let mut w = Workload {
+        state: WorkloadState::Ready,
+        leader: "game-0".into(),
+        replicas: 1,
+        ready_pods: 1,
+        routable_pods: 1,
+        draining_pods: 0,
+        total_weighted_load: 0,
+        updated_at_millis: now,
+    };
+    store.set_workload(&ns, SVC, &w).await.unwrap();
+    assert!(rm.is_workload_ready(&ns, SVC).await.unwrap());
+    w.updated_at_millis = now - 40_000; // older than the 30 s fallback window
+    store.set_workload(&ns, SVC, &w).await.unwrap();
+    assert!(!rm.is_workload_ready(&ns, SVC).await.unwrap());
+    w.updated_at_millis = now;
+    w.state = WorkloadState::NotReady;
+    store.set_workload(&ns, SVC, &w).await.unwrap();
+    assert!(!rm.is_workload_ready(&ns, SVC).await.unwrap());
+    let _: () = redis::cmd("SET")
+        .arg(Keys::workload(&ns, SVC).unwrap())
+        .arg("{oops")
+        .query_async(&mut store.conn())
+        .await
+        .unwrap();
+    let err = rm.is_workload_ready(&ns, SVC).await.unwrap_err().to_string();
+    assert!(err.contains("get_workload") && err.contains(&Keys::workload(&ns, SVC).unwrap()), "{err}");
+}
+
 crate::both!(
     classifies_and_picks,
     freshness_is_judged_at_server_time_without_a_refresh,
     background_refresh_notifies_changes,
-    garbage_is_skipped
+    garbage_is_skipped,
+    workload_readiness_uses_the_service_window
 );
