@@ -160,6 +160,8 @@ async fn assert_can_i(release: &HelmRelease, apps: &str) {
         &["delete", "statefulsets.apps", "-n", apps],
         &["create", "routestates.routestate.dev", "-n", apps],
         &["delete", "routestates.routestate.dev", "-n", apps],
+        &["update", "routestates.routestate.dev", "-n", apps],
+        &["update", "routestates.routestate.dev", "--subresource=status", "-n", apps],
         &["delete", "events.events.k8s.io", "-n", apps],
         &["create", "customresourcedefinitions.apiextensions.k8s.io"],
         &["update", "leases/someone-elses-lease", "-n", sa_ns],

@@ -63,8 +63,8 @@ fn expected_operator_rules() -> Vec<(String, String, Vec<String>)> {
         (g.to_owned(), res.to_owned(), v)
     };
     let mut all = vec![
-        r("routestate.dev", "routestates", &["get", "list", "watch", "patch", "update"]),
-        r("routestate.dev", "routestates/status", &["patch", "update"]),
+        r("routestate.dev", "routestates", &["get", "list", "watch", "patch"]),
+        r("routestate.dev", "routestates/status", &["patch"]),
         r("routestate.dev", "routestates/finalizers", &["update"]),
         r("apps", "statefulsets", &["get", "list", "watch"]),
         r("", "pods", &["get", "list", "watch"]),
@@ -246,6 +246,16 @@ async fn rendered_deployment_is_hardened_and_rbac_is_exact() {
         Some("auth"),
         "the password Secret is mounted, not read via the API"
     );
+
+    // The optional ServiceMonitor scrapes the metrics Service's named port.
+    let docs =
+        render("rel", "ops", &["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"])
+            .await;
+    let sm = find(&docs, "ServiceMonitor", "rel-routestate").expect("ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"].as_str(), Some("metrics"));
+    assert_eq!(sm["metadata"]["labels"]["release"].as_str(), Some("prom"));
+    let svc = find(&docs, "Service", "rel-routestate-metrics").expect("metrics Service");
+    assert_eq!(svc["spec"]["ports"][0]["name"].as_str(), Some("metrics"));
 }
 
 #[tokio::test]
