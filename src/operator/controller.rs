@@ -10,7 +10,10 @@ use std::{
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::{
-    api::{apps::v1::StatefulSet, core::v1::Pod},
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ObjectReference, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
@@ -66,7 +69,8 @@ pub struct Context {
 #[derive(Default)]
 struct Seen {
     publish: Option<BTreeMap<u32, PodPublish>>,
-    findings: BTreeSet<String>,
+    /// (reason, pod, message) of the findings last reported.
+    findings: BTreeSet<(&'static str, String, String)>,
 }
 
 /// Drops what the operator does not need from a pod: managed fields, spec, foreign annotations
@@ -232,7 +236,7 @@ fn error_policy(rs: Arc<RouteState>, error: &Error, ctx: Arc<Context>) -> Action
         // The Recorder deduplicates repeats into an Event series.
         let (reference, note) = (rs.object_ref(&()), error.to_string());
         tokio::spawn(async move {
-            publish_event(&ctx, &reference, EventType::Warning, "ReconcileFailed", "Reconcile", note).await;
+            publish_event(&ctx, &reference, None, EventType::Warning, "ReconcileFailed", "Reconcile", note).await;
         });
     }
     Action::requeue(Duration::from_secs(5))
@@ -311,9 +315,11 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
     let (new_findings, changes) = {
         let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
         let entry = seen.entry(key.clone()).or_default();
-        let findings: BTreeSet<String> =
-            derived.iter().flat_map(|d| d.findings.iter().map(|f| format!("{}\u{1f}{f}", f.reason()))).collect();
-        let new: Vec<String> = findings.difference(&entry.findings).cloned().collect();
+        let findings: BTreeSet<(&'static str, String, String)> = derived
+            .iter()
+            .flat_map(|d| d.findings.iter().map(|f| (f.reason(), f.pod().to_owned(), f.to_string())))
+            .collect();
+        let new: Vec<_> = findings.difference(&entry.findings).cloned().collect();
         entry.findings = findings;
         let changes = match &entry.publish {
             Some(before) => derive::routing_changes(before, &plan.pods),
@@ -323,14 +329,26 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         (new, changes)
     };
     let reference = rs.object_ref(&());
-    for f in new_findings {
-        let (reason, note) = f.split_once('\u{1f}').unwrap_or(("Finding", f.as_str()));
-        publish_event(ctx, &reference, EventType::Warning, reason, "Derive", note.to_owned()).await;
+    // kube's Recorder folds Events with the same reason, action and related object into one
+    // series (keeping the first note), so each Event names its pod as the related object and
+    // its outcome as the action.
+    for (reason, pod, note) in new_findings {
+        let related = pod_ref(ns, &pod);
+        publish_event(ctx, &reference, Some(related), EventType::Warning, reason, reason, note).await;
     }
+    let pod_name = |index: u32| {
+        derived
+            .as_ref()
+            .and_then(|d| d.pods.iter().find(|p| p.index == index).map(|p| p.name.clone()))
+            .unwrap_or_else(|| format!("{}-{index}", rs.stateful_set_name()))
+    };
     for (index, before, after) in changes {
         let name = |s: Option<crate::core::RoutingState>| s.map_or("not published", |s| s.wire_name());
-        let note = format!("pod index {index} of service {service}: {} -> {}", name(before), name(after));
-        publish_event(ctx, &reference, EventType::Normal, "RoutingChanged", "Publish", note).await;
+        let pod = pod_name(index);
+        let note = format!("pod {pod} (index {index}) of service {service}: {} -> {}", name(before), name(after));
+        let action = after.map_or("Unpublish".to_owned(), |s| format!("Publish{}", s.kube_name()));
+        publish_event(ctx, &reference, Some(pod_ref(ns, &pod)), EventType::Normal, "RoutingChanged", &action, note)
+            .await;
     }
 
     // Status: server-side apply, skipped when nothing changed (no self-triggering).
@@ -366,19 +384,30 @@ async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action>
     ctx.publisher.remove(&key, ns, &rs.service_name()).await?;
     ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     let note = format!("deleted the Redis keys of service {} (links are kept)", rs.service_name());
-    publish_event(ctx, &rs.object_ref(&()), EventType::Normal, "Cleanup", "Delete", note).await;
+    publish_event(ctx, &rs.object_ref(&()), None, EventType::Normal, "Cleanup", "Delete", note).await;
     Ok(Action::await_change())
+}
+
+fn pod_ref(ns: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ns.to_owned()),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    }
 }
 
 async fn publish_event(
     ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    reference: &ObjectReference,
+    related: Option<ObjectReference>,
     type_: EventType,
     reason: &str,
     action: &str,
     note: String,
 ) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
     // An Event that cannot be written must not fail the reconcile.
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         ctx.metrics.error("event");

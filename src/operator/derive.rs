@@ -58,6 +58,19 @@ pub enum Finding {
 }
 
 impl Finding {
+    /// The pod the finding is about.
+    pub fn pod(&self) -> &str {
+        match self {
+            Finding::MalformedAnnotation { pod, .. } => pod,
+            Finding::BadPodIndex(e) => match e {
+                pod_index::PodIndexError::BadLabel { pod, .. }
+                | pod_index::PodIndexError::Mismatch { pod, .. }
+                | pod_index::PodIndexError::NoOrdinal { pod } => pod,
+            },
+            Finding::DuplicateIndex { second, .. } => second,
+        }
+    }
+
     /// The Event reason for this finding.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -655,7 +668,9 @@ mod tests {
         assert_eq!((f.index, f.ready, f.terminating), (7, false, false));
 
         let p: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-x"}})).unwrap();
-        assert!(matches!(pod_facts(&p, "web"), Err(Finding::BadPodIndex(_))));
+        let bad = pod_facts(&p, "web").unwrap_err();
+        assert!(matches!(bad, Finding::BadPodIndex(_)));
+        assert_eq!((bad.pod(), bad.reason()), ("web-x", "BadPodIndex"));
         let p: Pod = serde_json::from_value(
             serde_json::json!({"metadata": {"name": "web-1", "labels": {POD_INDEX_LABEL: "2"}}}),
         )
@@ -673,6 +688,7 @@ mod tests {
         assert_eq!(d.publish.len(), 1);
         assert_eq!(d.pods[0].name, "web-0");
         assert!(matches!(&d.findings[..], [Finding::DuplicateIndex { index: 0, .. }]));
+        assert_eq!(d.findings[0].pod(), "web-0b");
     }
 
     #[test]

@@ -318,7 +318,10 @@ impl Publisher {
     ) -> Vec<std::result::Result<BTreeSet<String>, String>> {
         match self.try_publish(due, orphans).await {
             Ok(results) => results,
-            Err(e) => due.iter().map(|_| Err(e.to_string())).collect(),
+            Err(e) => due
+                .iter()
+                .map(|(_, plan, _)| Err(format!("publishing service {}/{}: {e}", plan.namespace, plan.service)))
+                .collect(),
         }
     }
 
@@ -415,7 +418,10 @@ impl Publisher {
                 keys.map_err(|e| e.to_string())?;
                 for s in &slots_of[i] {
                     if let Some(Err((key, e))) = outcomes.get(s) {
-                        return Err(format!("publish pipeline on {key}: {e}"));
+                        return Err(format!(
+                            "publishing service {}/{}: pipeline on {key}: {e}",
+                            due[i].1.namespace, due[i].1.service
+                        ));
                     }
                 }
                 Ok(std::mem::take(&mut desired_of[i]))

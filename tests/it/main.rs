@@ -18,6 +18,7 @@ mod operator_core;
 mod operator_crd;
 mod operator_ha;
 mod operator_redis_cluster;
+mod operator_redis_outage;
 mod operator_transport;
 mod reliability_bad_input;
 mod reliability_links;

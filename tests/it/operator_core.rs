@@ -185,6 +185,18 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     let patch = serde_json::json!({"metadata": {"annotations": {"routestate.dev/load": "lots"}}});
     pods.patch("web-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let events: Api<Event> = ns.api();
+    support::wait_for("RoutingChanged event", Duration::from_secs(20), || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("RoutingChanged")
+                    && e.note.as_deref() == Some("pod web-1 (index 1) of service web: READY -> DENY_NEW_CALL")
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("{:?}", list.items.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>()))
+    })
+    .await;
     support::wait_for("MalformedAnnotation event", Duration::from_secs(20), || async {
         let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
         list.items
