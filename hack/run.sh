@@ -10,6 +10,9 @@
 #   finalizer removes the Redis keys), stops the operator, deletes RUN_NAMESPACE if this run
 #   created it, and stops the local cluster only if this run started it.
 #
+# Stop it with Ctrl-C in the foreground, or SIGTERM (`kill <pid>`): a script started in the
+# background by a non-interactive shell ignores SIGINT, as every such background job does.
+#
 # Environment: RUN_NAMESPACE (default routestate-demo), RUN_HTTP_ADDR (default a free
 # 127.0.0.1 port), ROUTESTATE_BIN (use this binary instead of `cargo build`), RUN_DIR (logs,
 # default target/run).
@@ -26,6 +29,7 @@ die() { say "$*"; exit 1; }
 
 started_cluster=0
 created_ns=0
+env_hint="your cluster's KUBECONFIG and REDIS_URL"
 op_pid=""
 cleaning=0
 
@@ -77,6 +81,7 @@ else
   fi
   # shellcheck disable=SC1090
   source <(hack/cluster.sh env)
+  env_hint="\`source ${CLUSTER_DIR:-$ROOT/.cluster}/env\`"
 fi
 command -v kubectl >/dev/null || die "kubectl not found on PATH"
 
@@ -127,7 +132,7 @@ kubectl get routestates -n "$NS"
 cat <<EOF2
 
 The operator (pid $op_pid) publishes StatefulSet $NS/web to $REDIS_URL. Try, in another shell
-(after \`source <(make -s cluster-env)\` for the local cluster):
+with $env_hint:
 
   # read the states the operator publishes (READY / DENY_NEW_CALL / SHUTDOWN per pod)
   redis-cli -u $REDIS_URL HGETALL 'sf:{$NS:state:web}'
