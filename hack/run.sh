@@ -104,7 +104,10 @@ fi
 # 3. The operator, in the background, watching only $NS.
 HTTP_ADDR=${RUN_HTTP_ADDR:-127.0.0.1:$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
 say "starting the operator (log: $OP_LOG)"
-"$ROUTESTATE_BIN" run \
+# In a session of its own: a terminal's Ctrl-C reaches the whole foreground process group, and
+# the operator must outlive it long enough to run the finalizer of the example's RouteState
+# during clean-up; cleanup() stops it afterwards.
+setsid "$ROUTESTATE_BIN" run \
   --redis-url "$REDIS_URL" \
   --namespace "$NS" \
   --http-addr "$HTTP_ADDR" \

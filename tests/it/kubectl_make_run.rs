@@ -39,6 +39,9 @@ async fn make_run_reaches_ready_and_ctrl_c_stops_what_it_started() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, like a terminal's foreground job, so Ctrl-C can be sent to the
+        // whole group as a terminal does.
+        .process_group(0)
         .spawn()
         .expect("starting hack/run.sh");
     let script_pid = child.id().expect("pid of hack/run.sh");
@@ -90,8 +93,8 @@ async fn make_run_reaches_ready_and_ctrl_c_stops_what_it_started() {
         .unwrap();
     assert!(alive(op_pid), "operator {op_pid} should be running");
 
-    // Ctrl-C.
-    ok("/bin/kill", &["-INT", &script_pid.to_string()], None).await;
+    // Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group.
+    ok("/bin/kill", &["-INT", "--", &format!("-{script_pid}")], None).await;
     let status = tokio::time::timeout(Duration::from_secs(90), child.wait())
         .await
         .unwrap_or_else(|_| {
