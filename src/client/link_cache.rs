@@ -1,21 +1,24 @@
 //! The client's local link cache: (ns, uid, svc) → pod with a TTL shorter than the temporary
 //! link, so a cached pod never outlives its link in Redis. Sharded read-write locks keep hits
-//! cheap and concurrent; lookups do not allocate.
+//! cheap and concurrent; a lookup hashes its borrowed key once (shard and slot from the same
+//! hash) and allocates nothing.
 
 use std::{
-    hash::{BuildHasher, Hash},
+    hash::BuildHasher,
     sync::RwLock,
     time::{Duration, Instant},
 };
 
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::{DefaultHashBuilder, Equivalent, HashTable};
 
 use super::keys::{LinkKey, LinkRef};
 
 const SHARDS: usize = 16;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
+    key: LinkKey,
+    hash: u64,
     pod: u32,
     expires: Instant,
 }
@@ -25,7 +28,7 @@ struct Entry {
 pub struct LinkCache {
     ttl: Duration,
     hasher: DefaultHashBuilder,
-    shards: [RwLock<HashMap<LinkKey, Entry>>; SHARDS],
+    shards: [RwLock<HashTable<Entry>>; SHARDS],
 }
 
 impl LinkCache {
@@ -34,48 +37,62 @@ impl LinkCache {
         Self {
             ttl,
             hasher: DefaultHashBuilder::default(),
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
         }
     }
 
-    fn shard(&self, key: &LinkRef<'_>) -> &RwLock<HashMap<LinkKey, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(std::hash::Hasher::finish(&h) as usize) % SHARDS]
+    /// The key's hash and its shard (high bits pick the shard, hashbrown uses the low ones).
+    fn locate(&self, key: &LinkRef<'_>) -> (u64, &RwLock<HashTable<Entry>>) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> 60) as usize % SHARDS])
+    }
+
+    /// The cached pod, if present and not expired at `now`.
+    pub fn get_at(&self, ns: &str, uid: &str, svc: &str, now: Instant) -> Option<u32> {
+        let key = LinkRef { ns, uid, svc };
+        let (hash, shard) = self.locate(&key);
+        let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+        shard.find(hash, |e| key.equivalent(&e.key)).filter(|e| e.expires > now).map(|e| e.pod)
     }
 
     /// The cached pod, if present and not expired.
     pub fn get(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
-        let key = LinkRef { ns, uid, svc };
-        let shard = self.shard(&key).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(&key).filter(|e| e.expires > Instant::now()).map(|e| e.pod)
+        self.get_at(ns, uid, svc, Instant::now())
     }
 
     /// Caches `pod`; returns the previous unexpired pod.
     pub fn set(&self, ns: &str, uid: &str, svc: &str, pod: u32) -> Option<u32> {
         let key = LinkRef { ns, uid, svc };
+        let (hash, shard) = self.locate(&key);
         let now = Instant::now();
-        let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
+        let expires = now + self.ttl;
+        let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
         // Drop expired entries now and then so the cache cannot grow without bound.
         if shard.len() >= 4096 && shard.len().is_power_of_two() {
-            shard.retain(|_, e| e.expires > now);
+            shard.retain(|e| e.expires > now);
         }
-        let entry = Entry { pod, expires: now + self.ttl };
-        let prev = match shard.get_mut(&key) {
-            Some(e) => Some(std::mem::replace(e, entry)),
+        match shard.find_mut(hash, |e| key.equivalent(&e.key)) {
+            Some(e) => {
+                let prev = (e.expires > now).then_some(e.pod);
+                e.pod = pod;
+                e.expires = expires;
+                prev
+            }
             None => {
-                shard.insert(key.to_owned(), entry);
+                shard.insert_unique(hash, Entry { key: key.to_owned(), hash, pod, expires }, |e| e.hash);
                 None
             }
-        };
-        prev.filter(|e| e.expires > now).map(|e| e.pod)
+        }
     }
 
     /// Expires the entry; returns the pod it held (the original's `CacheExpired`).
     pub fn expire(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
         let key = LinkRef { ns, uid, svc };
-        let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
-        shard.remove(&key).filter(|e| e.expires > Instant::now()).map(|e| e.pod)
+        let (hash, shard) = self.locate(&key);
+        let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+        let entry = shard.find_entry(hash, |e| key.equivalent(&e.key)).ok()?;
+        let (e, _) = entry.remove();
+        (e.expires > Instant::now()).then_some(e.pod)
     }
 
     /// Number of entries, expired or not.
@@ -95,17 +112,31 @@ mod tests {
 
     #[test]
     fn entries_expire_and_pod_zero_is_cached() {
-        let c = LinkCache::new(Duration::from_millis(30));
+        let c = LinkCache::new(Duration::from_secs(60));
         assert_eq!(c.get("n", "u", "s"), None);
         assert_eq!(c.set("n", "u", "s", 0), None);
         assert_eq!(c.get("n", "u", "s"), Some(0));
         assert_eq!(c.get("n", "u", "t"), None);
+        assert_eq!(c.get("n", "us", ""), None, "parts are not concatenated");
         assert_eq!(c.set("n", "u", "s", 2), Some(0));
         assert_eq!(c.expire("n", "u", "s"), Some(2));
         assert_eq!(c.get("n", "u", "s"), None);
+        assert_eq!(c.expire("n", "u", "s"), None);
         c.set("n", "u", "s", 1);
-        std::thread::sleep(Duration::from_millis(40)); // the TTL itself is under test
-        assert_eq!(c.get("n", "u", "s"), None);
-        assert_eq!(c.set("n", "u", "s", 3), None, "an expired entry is no previous value");
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(c.get_at("n", "u", "s", later), None, "expired after the TTL");
+        assert_eq!(c.get_at("n", "u", "s", Instant::now()), Some(1));
+    }
+
+    #[test]
+    fn many_keys_stay_distinct() {
+        let c = LinkCache::new(Duration::from_secs(60));
+        for i in 0..10_000u32 {
+            c.set("n", &format!("u{i}"), "s", i);
+        }
+        assert_eq!(c.len(), 10_000);
+        for i in (0..10_000u32).step_by(97) {
+            assert_eq!(c.get("n", &format!("u{i}"), "s"), Some(i));
+        }
     }
 }

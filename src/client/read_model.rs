@@ -45,16 +45,30 @@ pub struct CachedService {
 impl CachedService {
     /// The Redis server time now, estimated from the last read (no round trip).
     pub fn server_now_ms(&self) -> u64 {
-        self.snapshot.now_ms.saturating_add(self.fetched_at.elapsed().as_millis() as u64)
+        self.server_ms_at(Instant::now())
     }
 
-    fn state_now(&self, pod: u32) -> Option<PodState> {
+    /// The Redis server time at a local instant, estimated from the last read.
+    pub fn server_ms_at(&self, at: Instant) -> u64 {
+        self.snapshot.now_ms.saturating_add(at.saturating_duration_since(self.fetched_at).as_millis() as u64)
+    }
+
+    fn state_at(&self, pod: u32, at: Instant) -> Option<PodState> {
         match self.snapshot.classify(pod) {
             Classified::Absent => None,
             Classified::Stale(s) | Classified::Alive(s) => {
-                s.is_fresh(self.server_now_ms(), self.snapshot.policy.window_ms).then_some(s)
+                s.is_fresh(self.server_ms_at(at), self.snapshot.policy.window_ms).then_some(s)
             }
         }
+    }
+
+    fn state_now(&self, pod: u32) -> Option<PodState> {
+        self.state_at(pod, Instant::now())
+    }
+
+    /// Alive and not SHUTDOWN at the local instant `at`.
+    pub fn is_available_at(&self, pod: u32, at: Instant) -> bool {
+        self.state_at(pod, at).is_some_and(|s| s.routing.keeps_linked())
     }
 
     /// Alive now: the pod's state is within the staleness window.

@@ -124,8 +124,10 @@ impl Client {
 
     /// The cache hit path: no I/O, no allocation.
     fn cached_available(&self, ns: &str, uid: &str, svc: &str) -> Option<u32> {
-        let pod = self.inner.cache.get(ns, uid, svc)?;
-        self.inner.read.with_cached(ns, svc, |s| s.is_available(pod)).unwrap_or(false).then_some(pod)
+        // One clock read serves both the cache expiry and the freshness judgement.
+        let now = std::time::Instant::now();
+        let pod = self.inner.cache.get_at(ns, uid, svc, now)?;
+        self.inner.read.with_cached(ns, svc, |s| s.is_available_at(pod, now)).unwrap_or(false).then_some(pod)
     }
 
     async fn compute(&self, ns: &str, uid: &str, svc: &str) -> Result<u32, ClientError> {
