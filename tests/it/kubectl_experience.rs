@@ -108,9 +108,10 @@ async fn kubectl_get_describe_explain_and_wait() {
             "LeaderAvailable",
             "Observed Generation:",
             "Events:",
-            // kube's Recorder folds Events with the same type/reason/action into one series
-            // (the note is not part of its key), so the first RoutingChanged note is what shows.
             "RoutingChanged",
+            // One Event per pod and outcome (kube's Recorder folds same reason/action/related
+            // into one series), so the drain of pod 1 has its own line.
+            "DENY_NEW_CALL",
             "MalformedAnnotation",
         ];
         match want.iter().find(|w| !out.stdout.contains(*w)) {
