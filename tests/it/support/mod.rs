@@ -100,10 +100,31 @@ impl Drop for TestNamespace {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let client = kube_client().await;
+                release_routestates(&client, &name).await;
                 let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
             });
         })
         .join();
+    }
+}
+
+/// Drops the finalizers of the namespace's RouteStates: a test that failed while its operator
+/// was running leaves them behind, and no operator is left to remove them, which would keep the
+/// namespace Terminating forever.
+async fn release_routestates(client: &Client, ns: &str) {
+    use kube::{
+        api::{DynamicObject, ListParams, Patch, PatchParams},
+        core::{ApiResource, GroupVersionKind},
+    };
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("routestate.dev", "v1alpha1", "RouteState"), "routestates");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let Ok(list) = api.list(&ListParams::default()).await else { return };
+    for rs in list.items.iter().filter(|rs| !rs.metadata.finalizers.as_deref().unwrap_or_default().is_empty()) {
+        if let Some(name) = rs.metadata.name.as_deref() {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+        }
     }
 }
 
