@@ -223,8 +223,8 @@ impl Store {
         const OP: &str = "get_linked_pod";
         let key = Keys::link(ns, uid, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let v: Option<String> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
-        v.map(|v| stored_pod(OP, &key, &v)).transpose()
+        let v: Option<Vec<u8>> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+        v.map(|v| stored_pod(OP, &key, &super::lossy(v))).transpose()
     }
 
     /// The pod (ns, uid, svc) is linked to, only if the link is persistent.
@@ -241,10 +241,10 @@ impl Store {
         const OP: &str = "get_link_services";
         let key = Keys::link_hash(ns, uid).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let entries: Vec<(String, String)> =
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
             self.timed(OP, &key, redis::cmd("HGETALL").arg(&key).query_async(&mut conn)).await?;
         let mut out = BTreeMap::new();
-        for (svc, pod) in entries {
+        for (svc, pod) in entries.into_iter().map(|(s, p)| (super::lossy(s), super::lossy(p))) {
             match parse_field(&pod) {
                 Some(pod) => {
                     out.insert(svc, pod);
@@ -279,7 +279,8 @@ impl Store {
                 pipe.cmd("GET").arg(key);
             }
             let mut conn = self.conn.clone();
-            let values: Vec<Option<String>> = self.timed(OP, &group[0].1, pipe.query_async(&mut conn)).await?;
+            let values: Vec<Option<Vec<u8>>> = self.timed(OP, &group[0].1, pipe.query_async(&mut conn)).await?;
+            let values = values.into_iter().map(|v| v.map(super::lossy));
             Ok::<_, StoreError>(
                 group.iter().zip(values).map(|((uid, key), v)| (*uid, key.as_str(), v)).collect::<Vec<_>>(),
             )

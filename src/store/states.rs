@@ -60,8 +60,11 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(&state).cmd("HGET").arg(&meta).arg(UPDATE_PERIOD_FIELD).cmd("TIME");
         let mut conn = self.conn.clone();
-        type Reply = (Vec<(String, String)>, Option<String>, (u64, u64));
+        type Reply = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>, (u64, u64));
         let (entries, period, (secs, micros)): Reply = self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
+        let entries: Vec<(String, String)> =
+            entries.into_iter().map(|(f, v)| (super::lossy(f), super::lossy(v))).collect();
+        let period = period.map(super::lossy);
         let update_period_secs = period.as_deref().and_then(|p| {
             let parsed = parse_update_period(p);
             if parsed.is_none() {
@@ -160,7 +163,9 @@ impl Store {
         const OP: &str = "get_workload";
         let key = Keys::workload(ns, svc).map_err(StoreError::key(OP))?;
         let mut conn = self.conn.clone();
-        let v: Option<String> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
-        v.map(|v| Workload::parse(&v).map_err(|e| StoreError::reply(OP, &key, e.to_string()))).transpose()
+        let v: Option<Vec<u8>> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+        v.map(super::lossy)
+            .map(|v| Workload::parse(&v).map_err(|e| StoreError::reply(OP, &key, e.to_string())))
+            .transpose()
     }
 }

@@ -106,11 +106,9 @@ async fn garbage_in_redis_is_skipped_and_nothing_stored_is_lost() {
     garbage_in_redis(false).await;
 }
 
-/// Known bug (reported): one state-hash entry that is not UTF-8 makes `read_service` fail as a
-/// whole ("Cannot convert from UTF-8"), so every client of the service loses all its pods, where
-/// the entry should be skipped like any other garbage. Ignored until the reader decodes bytes.
+/// One state-hash entry that is not UTF-8 must be skipped like any other garbage, not make
+/// `read_service` fail as a whole (which would blind every client of the service).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a non-UTF-8 state entry blinds read_service for the whole service"]
 async fn non_utf8_garbage_in_redis_is_skipped() {
     garbage_in_redis(true).await;
 }
@@ -204,13 +202,11 @@ async fn garbage_pod_annotations_warn_and_reconcile_goes_on() {
     garbage_pod_annotations(false).await;
 }
 
-/// Known bug (reported): kube 5's `Recorder` keys its event cache on (type, action, reason,
-/// reporter, regarding, related), not on the note, so every MalformedAnnotation on one
-/// RouteState after the first only bumps the first Event's series count, and the Event keeps
-/// naming the first pod. Users then never see which other pods are bad. Ignored until the
-/// operator names the pod in the key (e.g. as `secondary`, or an Event regarding the Pod).
+/// kube's `Recorder` keys its event cache on (type, action, reason, reporter, regarding,
+/// related), not on the note: unless each pod gets an Event of its own, every MalformedAnnotation
+/// after the first would only bump the first Event's series and users would never see which other
+/// pods are bad.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: MalformedAnnotation Events after the first collapse into its series (kube Recorder key has no note)"]
 async fn every_pod_with_garbage_annotations_is_named_in_a_warning() {
     garbage_pod_annotations(true).await;
 }
