@@ -330,3 +330,29 @@ impl Drop for PrivateCluster {
             .status();
     }
 }
+
+/// A plain HTTP/1.0 GET of the operator's endpoints: (status code, body). `Err` when nothing
+/// answers (connection refused or reset).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting {addr}: {e}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.map_err(|e| format!("reading {path}: {e}"))?;
+    let code =
+        out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(format!("no status line: {out:.200}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The value of one sample (`name` followed by a space, any labels included in `name`) in
+/// OpenMetrics text; 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

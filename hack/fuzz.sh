@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target in fuzz/ for a bounded time (FUZZ_SECONDS each, default 20).
+# Needs the nightly toolchain (libFuzzer's sanitizer flags); installs cargo-fuzz when missing.
+# A crash fails the run and leaves the input in fuzz/artifacts/<target>/.
+#
+#   hack/fuzz.sh              all targets, 20 s each
+#   FUZZ_SECONDS=300 hack/fuzz.sh parsers
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SECONDS_EACH=${FUZZ_SECONDS:-20}
+
+die() { echo "fuzz: $*" >&2; exit 1; }
+
+command -v rustup >/dev/null || die "rustup not found: fuzzing needs the nightly toolchain (rustup toolchain install nightly)"
+rustup run nightly rustc --version >/dev/null 2>&1 \
+  || die "the nightly toolchain is missing: install it with 'rustup toolchain install nightly' (fuzzing is not skipped)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz (cargo install --locked cargo-fuzz)" >&2
+  cargo install --locked cargo-fuzz >&2 || die "installing cargo-fuzz failed"
+fi
+
+if (($# > 0)); then targets=("$@"); else mapfile -t targets < <(cargo +nightly fuzz list); fi
+((${#targets[@]} > 0)) || die "no fuzz targets in fuzz/"
+
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t"
+  echo "fuzz: $t for ${SECONDS_EACH}s" >&2
+  # -max_total_time bounds the run; a crash or a panic exits non-zero and saves the input.
+  cargo +nightly fuzz run "$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 \
+    | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|.*Test unit written)' >&2 \
+    || true
+  status=${PIPESTATUS[0]}
+  ((status == 0)) || die "$t failed (exit $status); the crashing input is in fuzz/artifacts/$t/"
+done
+echo "fuzz: all ${#targets[@]} target(s) ran ${SECONDS_EACH}s without a crash" >&2

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# `make soak`: a bounded churn run against a PRIVATE local cluster (never the shared one) that
+# checks invariants continuously and stops by itself after SOAK_SECONDS (default 600).
+#
+# Churn, one action every ~2 s at random: delete a pod (the StatefulSet recreates it), patch a
+# RouteState's per-pod overrides, annotate a pod's load, scale a StatefulSet between 2 and 6,
+# SIGKILL and restart Redis (empty).
+# Invariants, checked every second:
+#   - the operator process is alive (no panic, no exit);
+#   - every state hash holds only canonical pod indexes below the StatefulSet's replicas (after a
+#     scale-down has had two periods) with well-formed values;
+#   - outside the two periods after a Redis restart, every published state is fresh (age ≤ 3
+#     periods = the staleness window);
+#   - the links seeded by this script are never changed by the operator (re-seeded after a Redis
+#     restart wipes them);
+# and at the end, after two quiet periods, Redis equals what the API objects call for.
+# Exit code 0 only if no invariant was ever violated; violations are printed as they happen.
+#
+#   hack/soak.sh                 10 minutes
+#   SOAK_SECONDS=120 hack/soak.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SOAK_SECONDS=${SOAK_SECONDS:-600}
+PERIOD=2
+SERVICES=3
+NS=soak
+
+log() { echo "soak: $(date -u +%H:%M:%S) $*" >&2; }
+cargo build --bin routestate >&2
+BIN=$ROOT/target/debug/routestate
+
+export CLUSTER_DIR=$(mktemp -d /tmp/routestate-soak.XXXXXX)
+OP_PID=""
+cleanup() {
+  [[ -n $OP_PID ]] && kill "$OP_PID" 2>/dev/null && wait "$OP_PID" 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+hack/cluster.sh up >&2
+# shellcheck disable=SC1091
+source "$CLUSTER_DIR/env"
+"$BIN" crd | kubectl apply -f - >/dev/null
+kubectl wait --for=condition=Established crd/routestates.routestate.dev --timeout=60s >/dev/null
+kubectl create namespace "$NS" >/dev/null
+for ((i = 0; i < SERVICES; i++)); do
+  cat <<EOF
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: s$i, namespace: $NS}
+spec:
+  serviceName: s$i
+  replicas: 4
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: s$i}}
+  template:
+    metadata: {labels: {app: s$i}}
+    spec: {containers: [{name: app, image: registry.k8s.io/pause:3.10}]}
+---
+apiVersion: routestate.dev/v1alpha1
+kind: RouteState
+metadata: {name: s$i, namespace: $NS}
+spec: {updatePeriodSeconds: $PERIOD}
+EOF
+done | kubectl apply -f - >/dev/null
+
+seed_links() {
+  "$BIN" links set "$NS/s0" soak-user-p 1 --persistent --redis-url "$REDIS_URL" >/dev/null
+  "$BIN" links set "$NS/s1" soak-user-t 2 --ttl 100000 --redis-url "$REDIS_URL" >/dev/null
+}
+links_snapshot() {
+  { redis-cli -u "$REDIS_URL" get "sf:{$NS:lk:soak-user-p}s0"; redis-cli -u "$REDIS_URL" hgetall "sf:{$NS:lk:soak-user-p}"
+    redis-cli -u "$REDIS_URL" get "sf:{$NS:lk:soak-user-t}s1"; } | tr '\n' ' '
+}
+seed_links
+LINKS=$(links_snapshot)
+
+RUST_LOG=warn "$BIN" run --namespace "$NS" --redis-url "$REDIS_URL" --http-addr 127.0.0.1:0 >"$CLUSTER_DIR/operator.log" 2>&1 &
+OP_PID=$!
+
+violations=0
+violation() { violations=$((violations + 1)); log "VIOLATION: $*"; }
+last_restart=0   # SECONDS of the last Redis restart
+last_scale=0
+
+# Checks the state hashes; $1 = 1 to require freshness.
+check_states() {
+  local fresh=$1 i reps now
+  now=$(redis-cli -u "$REDIS_URL" time | head -1)
+  for ((i = 0; i < SERVICES; i++)); do
+    reps=$(kubectl get sts "s$i" -n "$NS" -o jsonpath='{.spec.replicas}' 2>/dev/null || echo 99)
+    redis-cli -u "$REDIS_URL" --no-raw hgetall "sf:{$NS:state:s$i}" 2>/dev/null | tr -d '"' | paste - - | sed 's/^[0-9]*) //; s/\t[0-9]*) /\t/' |
+      while IFS=$'\t' read -r field value; do
+        [[ -z $field ]] && continue
+        [[ $field =~ ^(0|[1-9][0-9]*)$ ]] || { echo "s$i: non-canonical field '$field'"; continue; }
+        [[ $value =~ ^[0-9]+-([0-9]+)-[012]$ ]] || { echo "s$i: malformed value '$value' for pod $field"; continue; }
+        if ((SECONDS - last_scale > 2 * PERIOD)) && ((field >= reps)); then echo "s$i: pod $field published with $reps replicas"; fi
+        if ((fresh)); then
+          local age=$((now - ${BASH_REMATCH[1]} / 1000))
+          ((age <= 3 * PERIOD + 1)) || echo "s$i: pod $field state ${age}s old"
+        fi
+      done
+  done
+}
+
+log "waiting for the first publish"
+deadline=$((SECONDS + 180))
+until [[ $(redis-cli -u "$REDIS_URL" hlen "sf:{$NS:state:s$((SERVICES - 1))}") -ge 4 ]]; do
+  ((SECONDS < deadline)) || { log "nothing published after 180 s"; exit 1; }
+  sleep 0.5
+done
+log "soaking for ${SOAK_SECONDS}s"
+start=$SECONDS
+actions=0
+next_action=$SECONDS
+declare -A counts=()
+while ((SECONDS - start < SOAK_SECONDS)); do
+  kill -0 "$OP_PID" 2>/dev/null || { violation "the operator exited"; tail -20 "$CLUSTER_DIR/operator.log" >&2; break; }
+  fresh=0; ((SECONDS - last_restart > 2 * PERIOD)) && fresh=1
+  while read -r v; do [[ -n $v ]] && violation "$v"; done < <(check_states "$fresh")
+  now_links=$(links_snapshot)
+  [[ $now_links == "$LINKS" ]] || violation "links changed: '$LINKS' -> '$now_links'"
+  if ((SECONDS >= next_action)); then
+    s=$((RANDOM % SERVICES)); pod=$((RANDOM % 4))
+    case $((RANDOM % 10)) in
+      0 | 1 | 2) kind=delete-pod; kubectl delete pod "s$s-$pod" -n "$NS" --wait=false >/dev/null 2>&1 || true ;;
+      3 | 4) kind=patch-routestate
+         st=$(printf 'Ready\nDenyNewCall\nShutdown\n' | shuf -n1)
+         kubectl patch routestate "s$s" -n "$NS" --type=merge -p "{\"spec\":{\"pods\":[{\"index\":$pod,\"routingState\":\"$st\"}]}}" >/dev/null ;;
+      5 | 6) kind=annotate-load; kubectl annotate pod "s$s-$pod" -n "$NS" --overwrite "routestate.dev/load=$RANDOM" >/dev/null 2>&1 || true ;;
+      7 | 8) kind=scale; kubectl scale sts "s$s" -n "$NS" --replicas=$((2 + RANDOM % 5)) >/dev/null; last_scale=$SECONDS ;;
+      9) kind=redis-restart
+         redis-cli -u "$REDIS_URL" debug sleep 0 >/dev/null 2>&1 || true
+         kill -9 "$(cat "$CLUSTER_DIR/pids/redis.pid")"
+         hack/cluster.sh start redis >/dev/null 2>&1
+         last_restart=$SECONDS
+         seed_links; LINKS=$(links_snapshot) ;;
+    esac
+    counts[$kind]=$((${counts[$kind]:-0} + 1))
+    actions=$((actions + 1))
+    next_action=$((SECONDS + 2))
+  fi
+  sleep 1
+done
+
+log "quiet for two periods, then the final comparison"
+kubectl get routestates -n "$NS" >/dev/null
+sleep $((2 * PERIOD + 1)) # let the last action settle (the check below is the assertion)
+final=$(python3 - "$NS" "$SERVICES" <<'PY'
+import json, subprocess, sys
+ns, n = sys.argv[1], int(sys.argv[2])
+def sh(*a): return subprocess.run(a, capture_output=True, text=True, check=True).stdout
+order = {"Ready": 0, "DenyNewCall": 1, "Shutdown": 2}
+bad = []
+for i in range(n):
+    svc = "s%d" % i
+    rs = json.loads(sh("kubectl", "get", "routestate", svc, "-n", ns, "-o", "json"))
+    over = {p["index"]: order[p["routingState"]] for p in rs["spec"].get("pods", []) if "routingState" in p}
+    pods = json.loads(sh("kubectl", "get", "pods", "-n", ns, "-l", "app=" + svc, "-o", "json"))["items"]
+    ready = {int(p["metadata"]["labels"].get("apps.kubernetes.io/pod-index", p["metadata"]["name"].rsplit("-", 1)[1]))
+             for p in pods if not p["metadata"].get("deletionTimestamp")
+             and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))}
+    raw = sh("redis-cli", "-u", __import__("os").environ["REDIS_URL"], "--no-raw", "hgetall", "sf:{%s:state:%s}" % (ns, svc)).split("\n")
+    vals = [l.split(") ", 1)[1].strip('"') for l in raw if ") " in l]
+    got = {int(vals[k]): int(vals[k + 1].rsplit("-", 1)[1]) for k in range(0, len(vals), 2)}
+    for idx in ready:
+        want = over.get(idx, 0)
+        if got.get(idx) is None: bad.append("%s: ready pod %d not published" % (svc, idx))
+        elif got[idx] < want: bad.append("%s: pod %d published %d, override says %d" % (svc, idx, got[idx], want))
+print("\n".join(bad))
+PY
+)
+[[ -z $final ]] || violation "final state differs from the API: $final"
+summary=$(for k in "${!counts[@]}"; do printf '%s=%s ' "$k" "${counts[$k]}"; done)
+log "done: $actions actions ($summary) in $((SECONDS - start))s, $violations violation(s)"
+((violations == 0))
