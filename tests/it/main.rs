@@ -22,6 +22,7 @@ mod operator_redis_outage;
 mod operator_transport;
 mod reliability_bad_input;
 mod reliability_links;
+mod reliability_redis_outage;
 mod reliability_security;
 mod server_driver;
 mod store_links;
