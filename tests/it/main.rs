@@ -20,6 +20,7 @@ mod operator_ha;
 mod operator_redis_cluster;
 mod operator_redis_outage;
 mod operator_transport;
+mod reliability_api_outage;
 mod reliability_bad_input;
 mod reliability_links;
 mod reliability_redis_outage;
