@@ -160,3 +160,86 @@ async fn library_works_over_tls_with_a_password_and_never_shows_it() {
     let text = logs.text();
     assert!(!text.contains(&pw), "the password appears in the logs:\n{text}");
 }
+
+/// The operator against the TLS + password Redis, with the password inside the URL (the case
+/// most likely to leak): it publishes, and neither its logs, Events, status nor metrics show the
+/// password, also while Redis is down and every publish fails with an error naming the server.
+#[tokio::test]
+async fn operator_works_over_tls_with_a_password_and_never_shows_it() {
+    use k8s_openapi::api::{apps::v1::StatefulSet, events::v1::Event};
+    use kube::{
+        Api,
+        api::{ListParams, PostParams},
+    };
+    use routestate::operator::{Operator, OperatorConfig, RouteState};
+
+    use crate::support::{self, TestNamespace, faults::http_get, operator::install_crd, wait_for};
+
+    let pw = secret();
+    let (mut redis, tls) = secure_redis(&pw);
+    let (logs, _guard) = capture_logs();
+    let client = support::kube_client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "sec-op").await;
+    let url = format!("rediss://:{pw}@127.0.0.1:{}", redis.port);
+    let operator = Operator::start(OperatorConfig {
+        client: client.clone(),
+        redis: RedisOptions {
+            ca_file: Some(tls.ca_cert.clone()),
+            op_timeout: Duration::from_secs(2),
+            ..RedisOptions::standalone(&url)
+        },
+        namespace: Some(ns.name.clone()),
+        lease: None,
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
+        instance: unique_name("op"),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("starting the operator over TLS: {e}"));
+    let addr = operator.http_addr().unwrap();
+    ns.api::<StatefulSet>().create(&PostParams::default(), &crate::cluster_smoke::statefulset("web", 2)).await.unwrap();
+    let rs: RouteState = serde_json::from_value(serde_json::json!({
+        "apiVersion": "routestate.dev/v1alpha1", "kind": "RouteState",
+        "metadata": {"name": "web"}, "spec": {"updatePeriodSeconds": 1}
+    }))
+    .unwrap();
+    let rs_api: Api<RouteState> = ns.api();
+    rs_api.create(&PostParams::default(), &rs).await.unwrap();
+
+    let store = Store::connect(&opts(redis.url(), Some(&pw), Some(&tls.ca_cert))).await.unwrap();
+    wait_for("2 pods published over TLS", Duration::from_secs(60), || async {
+        let s = store.read_service(&ns.name, "web").await.map_err(|e| e.to_string())?;
+        if s.entries.len() == 2 { Ok(()) } else { Err(format!("{:?}", s.entries)) }
+    })
+    .await;
+
+    // Redis goes away: the failures are reported (status, metrics, /readyz), without the password.
+    redis.kill();
+    wait_for("RedisSynced False", Duration::from_secs(60), || async {
+        let rs = rs_api.get("web").await.map_err(|e| e.to_string())?;
+        let c = rs.status.iter().flat_map(|s| s.conditions.clone()).find(|c| c.type_ == "RedisSynced");
+        match c {
+            Some(c) if c.status == "False" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let readyz = http_get(addr, "/readyz").await.unwrap_or_default();
+    let metrics = http_get(addr, "/metrics").await.unwrap_or_default();
+    let status = serde_json::to_string(&rs_api.get("web").await.unwrap().status).unwrap();
+    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
+    let events = serde_json::to_string(&events.items).unwrap();
+    operator.shutdown().await.unwrap();
+    let logs = logs.text();
+    assert!(logs.contains("127.0.0.1"), "the log capture saw nothing of the operator:\n{logs:.2000}");
+    for (what, text) in [
+        ("logs", logs.as_str()),
+        ("events", &events),
+        ("status", &status),
+        ("/readyz", &readyz.1),
+        ("/metrics", &metrics.1),
+    ] {
+        assert!(!text.contains(&pw), "the password appears in the operator's {what}:\n{text:.4000}");
+    }
+    assert!(status.contains("RedisSynced"), "{status}");
+}
