@@ -38,6 +38,8 @@ cluster-status: ## exit 0 when the local cluster is healthy
 
 bench: ## library benchmarks against a private redis-server (figures vs redis-benchmark, see docs/performance.md)
 	cargo bench --bench library
+	cargo bench --bench system_publish
+	hack/bench-cluster.sh
 
 # --- operating routestate (chart, image, local run) ---
 .PHONY: run image chart-lint crd
@@ -55,3 +57,12 @@ chart-lint: ## helm lint (strict) and render the chart
 
 image: ## build the container image routestate:dev (needs a Docker engine; none runs on the team machines)
 	docker build -t routestate:dev .
+
+# --- reliability (issue 6): soak and fuzz; both start what they need privately ---
+.PHONY: soak fuzz
+
+soak: ## 10 minutes of churn (pod deletions, RouteState patches, Redis restarts) on a private cluster, invariants checked continuously
+	hack/soak.sh
+
+fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 20) each; needs nightly, installs cargo-fuzz if missing
+	hack/fuzz.sh

@@ -1,0 +1,237 @@
+//! System benchmark of the operator's heartbeat (`make bench`): the real `operator::publisher`
+//! ticking against a private `redis-server`, each figure next to a limit measured in the same run
+//! (median of RUNS runs). Never asserted: the figures go to docs/performance.md ("System").
+//!
+//! 7. One heartbeat tick of 10 000 pods in 100 services vs `redis-benchmark` running the same
+//!    commands (HSET of 100 fields per service, the meta HSET, the workload SET) at the same
+//!    pipeline depth from one connection.
+//! 10. The scaling curve: tick time and the process' resident memory at 100, 1 000 and 10 000
+//!    pods (100 pods per service), with the per-pod slope between points.
+//!
+//! The tick time is the publisher's own `routestate_redis_publish_duration_seconds` histogram
+//! (TIME + the pipelines), averaged over the steady-state ticks (the first tick of a term also
+//! reads HKEYS and is left out).
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kube::runtime::reflector::ObjectRef;
+use routestate::{
+    core::{RoutingState, Workload, WorkloadState},
+    operator::{
+        Metrics, RouteState,
+        derive::PodPublish,
+        publisher::{Publisher, ServicePlan},
+    },
+    store::{RedisOptions, connect},
+};
+use tokio::sync::{mpsc, watch};
+
+const RUNS: usize = 5;
+const PODS_PER_SERVICE: u32 = 100;
+/// Steady-state ticks measured per run.
+const TICKS: u64 = 5;
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (is it installed?)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .map(|o| o.stdout != b"PONG\n")
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    /// Seconds redis-benchmark takes for `requests` of `command` at pipeline depth `pipeline`
+    /// from one client.
+    fn benchmark_secs(&self, requests: usize, pipeline: usize, command: &[String]) -> f64 {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &self.port.to_string(), "-c", "1", "-n", &requests.to_string(), "-P", &pipeline.to_string()])
+            .args(["-q", "--csv"])
+            .args(command)
+            .output()
+            .expect("running redis-benchmark");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // --csv: "test","rps",... ; take the rps of the last line.
+        let rps: f64 = text
+            .lines()
+            .filter_map(|l| l.split(',').nth(1).map(|v| v.trim_matches('"').to_owned()))
+            .filter_map(|v| v.parse().ok())
+            .last()
+            .unwrap_or_else(|| panic!("no requests/s in redis-benchmark output: {text}"));
+        requests as f64 / rps
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn histogram(metrics: &Metrics) -> (f64, f64) {
+    let text = metrics.render();
+    let get = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("routestate_redis_publish_duration_seconds_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get("sum"), get("count"))
+}
+
+fn plan(ns: &str, svc: &str, n: u32) -> ServicePlan {
+    let pods: BTreeMap<u32, PodPublish> =
+        (0..n).map(|i| (i, PodPublish { weighted_load: u64::from(i % 50), routing: RoutingState::Ready })).collect();
+    let workload = Workload {
+        state: WorkloadState::Ready,
+        leader: format!("{svc}-0"),
+        replicas: n,
+        ready_pods: n,
+        routable_pods: n,
+        draining_pods: 0,
+        total_weighted_load: 0,
+        updated_at_millis: 0,
+    };
+    ServicePlan { namespace: ns.into(), service: svc.into(), period_secs: 1, pods, workload: Some(workload) }
+}
+
+/// Average steady-state tick seconds and RSS growth (KiB) for `services` × 100 pods.
+async fn publisher_run(url: &str, run: usize, services: u32) -> (f64, u64) {
+    let rss0 = vm_rss_kib();
+    let conn = connect(&RedisOptions::standalone(url)).await.expect("connecting");
+    let (_leader_tx, leader) = watch::channel(true);
+    let (sync_tx, mut sync_rx) = mpsc::unbounded_channel::<ObjectRef<RouteState>>();
+    tokio::spawn(async move { while sync_rx.recv().await.is_some() {} });
+    let metrics = Arc::new(Metrics::default());
+    let publisher = Arc::new(Publisher::new(conn, leader, metrics.clone(), sync_tx));
+    let ns = format!("bench-{run}-{services}");
+    for s in 0..services {
+        let name = format!("svc{s}");
+        publisher.set_plan(ObjectRef::new(&name).within(&ns), plan(&ns, &name, PODS_PER_SERVICE));
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(publisher.clone().run(stop));
+    // The first tick (HKEYS + write), then TICKS steady ones at the 1 s period.
+    let wait_count = |n: f64| {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while histogram(&metrics).1 < n {
+                assert!(Instant::now() < deadline, "the publisher did not tick");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_count(1.0).await;
+    let (s1, c1) = histogram(&metrics);
+    wait_count(c1 + TICKS as f64).await;
+    let (s2, c2) = histogram(&metrics);
+    let rss = vm_rss_kib().saturating_sub(rss0);
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    ((s2 - s1) / (c2 - c1), rss)
+}
+
+fn main() {
+    let redis = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    // 7: one tick of 10 000 pods in 100 services vs redis-benchmark, same commands, same depth.
+    // The tick's pipeline per service: HSET state (100 fields), HSET meta, SET workload.
+    let value = "25-1795632661457-0"; // a pod state of the usual length
+    let mut hset: Vec<String> = vec!["HSET".into(), "sf:{bench:state:__rand_int__}".into()];
+    for i in 0..PODS_PER_SERVICE {
+        hset.push(i.to_string());
+        hset.push(value.into());
+    }
+    let services = 100usize;
+    let mut ours = Vec::new();
+    let mut limit = Vec::new();
+    for run in 0..RUNS {
+        ours.push(rt.block_on(publisher_run(&url, run, services as u32)).0);
+        // The limit: the same 100 big HSETs plus 200 small commands, one pipeline of 300.
+        let big = redis.benchmark_secs(services * 20, 3 * services, &hset) / 20.0;
+        let small = redis.benchmark_secs(
+            services * 2 * 20,
+            3 * services,
+            &["HSET".into(), "sf:{bench:state:__rand_int__}meta".into(), "updatePeriodSeconds".into(), "1".into()],
+        ) / 20.0;
+        limit.push(big + small);
+    }
+    let (t, l) = (median(ours), median(limit));
+    println!(
+        "system/heartbeat_tick 10000 pods in 100 services: {:.2} ms per tick; redis-benchmark same commands, \
+         pipeline depth {}: {:.2} ms; ratio {:.2} (median of {RUNS})",
+        t * 1e3,
+        3 * services,
+        l * 1e3,
+        t / l
+    );
+
+    // 10: scaling curve.
+    let mut points = Vec::new();
+    for pods in [100u32, 1_000, 10_000] {
+        let services = pods / PODS_PER_SERVICE;
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for run in 0..RUNS {
+            let (tick, mem) = rt.block_on(publisher_run(&url, 100 + run, services));
+            times.push(tick);
+            rss.push(mem as f64);
+        }
+        let (t, m) = (median(times), median(rss));
+        println!(
+            "system/scaling {pods:>6} pods: tick {:.3} ms ({:.2} µs/pod), publisher memory +{:.0} KiB ({:.0} B/pod)",
+            t * 1e3,
+            t * 1e6 / f64::from(pods),
+            m,
+            m * 1024.0 / f64::from(pods)
+        );
+        points.push((pods, t, m));
+    }
+    for w in points.windows(2) {
+        let ((p0, t0, m0), (p1, t1, m1)) = (w[0], w[1]);
+        println!(
+            "system/scaling slope {p0}->{p1} pods: {:.2} µs/pod tick, {:.0} B/pod memory",
+            (t1 - t0) * 1e6 / f64::from(p1 - p0),
+            (m1 - m0) * 1024.0 / f64::from(p1 - p0)
+        );
+    }
+}
