@@ -22,6 +22,7 @@ mod operator_redis_outage;
 mod operator_transport;
 mod reliability_api_outage;
 mod reliability_bad_input;
+mod reliability_failover;
 mod reliability_links;
 mod reliability_redis_outage;
 mod reliability_security;
