@@ -39,4 +39,9 @@ step "unit and integration tests"
 # Library, binary, integration and doc tests (benches are compiled by clippy above and run by `make bench`).
 cargo test --locked
 
+# --- fuzz (issue 6): every codec fuzz target for a bounded time; fails if nightly is missing ---
+step "fuzz targets (${FUZZ_SECONDS:-20}s each)"
+hack/fuzz.sh
+# --- end fuzz ---
+
 step "done"
