@@ -32,6 +32,31 @@ use routestate::{
 };
 use tokio::sync::{mpsc, watch};
 
+/// Counts live heap bytes, so the publisher's own memory is measured exactly (a process' RSS
+/// does not shrink when memory is freed, so it cannot tell runs apart).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_kib() -> i64 {
+    (LIVE.load(std::sync::atomic::Ordering::Relaxed) / 1024) as i64
+}
+
 const RUNS: usize = 5;
 const PODS_PER_SERVICE: u32 = 100;
 /// Steady-state ticks measured per run.
@@ -96,14 +121,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn histogram(metrics: &Metrics) -> (f64, f64) {
     let text = metrics.render();
     let get = |suffix: &str| {
@@ -131,9 +148,9 @@ fn plan(ns: &str, svc: &str, n: u32) -> ServicePlan {
     ServicePlan { namespace: ns.into(), service: svc.into(), period_secs: 1, pods, workload: Some(workload) }
 }
 
-/// Average steady-state tick seconds and RSS growth (KiB) for `services` × 100 pods.
-async fn publisher_run(url: &str, run: usize, services: u32) -> (f64, u64) {
-    let rss0 = vm_rss_kib();
+/// Average steady-state tick seconds and the live heap it holds (KiB) for `services` × 100 pods.
+async fn publisher_run(url: &str, run: usize, services: u32) -> (f64, i64) {
+    let live0 = live_kib();
     let conn = connect(&RedisOptions::standalone(url)).await.expect("connecting");
     let (_leader_tx, leader) = watch::channel(true);
     let (sync_tx, mut sync_rx) = mpsc::unbounded_channel::<ObjectRef<RouteState>>();
@@ -162,7 +179,7 @@ async fn publisher_run(url: &str, run: usize, services: u32) -> (f64, u64) {
     let (s1, c1) = histogram(&metrics);
     wait_count(c1 + TICKS as f64).await;
     let (s2, c2) = histogram(&metrics);
-    let rss = vm_rss_kib().saturating_sub(rss0);
+    let rss = live_kib() - live0;
     let _ = stop_tx.send(true);
     let _ = task.await;
     ((s2 - s1) / (c2 - c1), rss)
@@ -218,7 +235,7 @@ fn main() {
         }
         let (t, m) = (median(times), median(rss));
         println!(
-            "system/scaling {pods:>6} pods: tick {:.3} ms ({:.2} µs/pod), publisher memory +{:.0} KiB ({:.0} B/pod)",
+            "system/scaling {pods:>6} pods: tick {:.3} ms ({:.2} µs/pod), publisher live heap {:.0} KiB ({:.0} B/pod)",
             t * 1e3,
             t * 1e6 / f64::from(pods),
             m,
