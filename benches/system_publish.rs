@@ -5,8 +5,8 @@
 //! 7. One heartbeat tick of 10 000 pods in 100 services vs `redis-benchmark` running the same
 //!    commands (HSET of 100 fields per service, the meta HSET, the workload SET) at the same
 //!    pipeline depth from one connection.
-//! 10. The scaling curve: tick time and the process' resident memory at 100, 1 000 and 10 000
-//!    pods (100 pods per service), with the per-pod slope between points.
+//! 10. The scaling curve: tick time and the publisher's live heap at 100, 1 000 and 10 000
+//!     pods (100 pods per service), with the per-pod slope between points.
 //!
 //! The tick time is the publisher's own `routestate_redis_publish_duration_seconds` histogram
 //! (TIME + the pipelines), averaged over the steady-state ticks (the first tick of a term also
@@ -103,7 +103,7 @@ impl RedisServer {
             .lines()
             .filter_map(|l| l.split(',').nth(1).map(|v| v.trim_matches('"').to_owned()))
             .filter_map(|v| v.parse().ok())
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no requests/s in redis-benchmark output: {text}"));
         requests as f64 / rps
     }

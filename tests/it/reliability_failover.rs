@@ -52,7 +52,7 @@ async fn sigkill_the_leader_process_and_measure_the_heartbeat_gap() {
     let ns = TestNamespace::new(&client, "failover").await;
     let mut redis = support::redis().await;
     let ports = [free_port(), free_port()];
-    let mut procs = vec![operator_process(&ns.name, "a", ports[0]), operator_process(&ns.name, "b", ports[1])];
+    let mut procs = [operator_process(&ns.name, "a", ports[0]), operator_process(&ns.name, "b", ports[1])];
     ns.api::<StatefulSet>().create(&PostParams::default(), &statefulset("web", 3)).await.unwrap();
     let rs: RouteState = serde_json::from_value(serde_json::json!({
         "apiVersion": "routestate.dev/v1alpha1", "kind": "RouteState",
