@@ -116,8 +116,10 @@ async fn release_routestates(client: &Client, ns: &str) {
         api::{DynamicObject, ListParams, Patch, PatchParams},
         core::{ApiResource, GroupVersionKind},
     };
-    let resource =
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("routestate.dev", "v1alpha1", "RouteState"), "routestates");
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("routestate.dev", "v1alpha1", "RouteState"),
+        "routestates",
+    );
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let Ok(list) = api.list(&ListParams::default()).await else { return };
     for rs in list.items.iter().filter(|rs| !rs.metadata.finalizers.as_deref().unwrap_or_default().is_empty()) {
