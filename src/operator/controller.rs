@@ -62,6 +62,8 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Cache readiness.
+    pub synced: Synced,
     /// What was last derived per RouteState (for Events on changes only).
     seen: Mutex<HashMap<ObjectRef<RouteState>, Seen>>,
 }
@@ -146,6 +148,38 @@ pub struct Built {
     pub statefulsets: Store<StatefulSet>,
     /// RouteState cache.
     pub routestates: Store<RouteState>,
+    /// Whether the three caches have been filled.
+    pub synced: Synced,
+}
+
+/// Whether the pod, StatefulSet and RouteState caches have completed their initial list.
+#[derive(Clone)]
+pub struct Synced {
+    pods: watch::Receiver<bool>,
+    statefulsets: watch::Receiver<bool>,
+    routestates: watch::Receiver<bool>,
+}
+
+impl Synced {
+    /// All three caches are filled.
+    pub fn is_synced(&self) -> bool {
+        *self.pods.borrow() && *self.statefulsets.borrow() && *self.routestates.borrow()
+    }
+
+    /// Waits until the pod and StatefulSet caches are filled (any number of waiters).
+    async fn dependents(&self) {
+        let (mut p, mut s) = (self.pods.clone(), self.statefulsets.clone());
+        let _ = p.wait_for(|v| *v).await;
+        let _ = s.wait_for(|v| *v).await;
+    }
+}
+
+fn mark_synced<K>(flag: watch::Sender<bool>) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            flag.send_replace(true);
+        }
+    }
 }
 
 /// Builds the controller. `resync_on` re-reconciles everything (a new lease term);
@@ -161,21 +195,36 @@ pub fn build(
     sync_changed: mpsc::UnboundedReceiver<ObjectRef<RouteState>>,
     shutdown: watch::Receiver<bool>,
 ) -> Built {
+    // Cache readiness comes from each watch's InitDone event, observed in the stream itself:
+    // `Store::wait_until_ready` wakes only one of several concurrent waiters (kube 5), so
+    // reconciles must never wait on it.
+    let (pods_synced, pods_ready) = watch::channel(false);
+    let (sts_synced, sts_ready) = watch::channel(false);
+    let (rs_synced, rs_ready) = watch::channel(false);
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(watches.pods, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim_pod)
+        .inspect(mark_synced(pods_synced))
         .reflect(pod_writer)
         .touched_objects();
     let (sts_store, sts_writer) = reflector::store();
     let sts_stream = watcher(watches.statefulsets, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim_statefulset)
+        .inspect(mark_synced(sts_synced))
         .reflect(sts_writer)
         .touched_objects();
+    let (rs_store, rs_writer) = reflector::store();
+    let rs_stream = watcher(watches.routestates, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|rs: &mut RouteState| rs.metadata.managed_fields = None)
+        .inspect(mark_synced(rs_synced))
+        .reflect(rs_writer)
+        .touched_objects();
+    let synced = Synced { pods: pods_ready, statefulsets: sts_ready, routestates: rs_ready };
 
-    let controller = Controller::new(watches.routestates, watcher::Config::default().any_semantic());
-    let rs_store = controller.store();
+    let controller = Controller::for_stream(rs_stream, rs_store.clone());
     publisher.set_routestate_store(rs_store.clone());
     let (for_pods, for_sts) = (rs_store.clone(), rs_store.clone());
     let ctx = Arc::new(Context {
@@ -186,6 +235,7 @@ pub fn build(
         publisher,
         leader: leader.clone(),
         metrics,
+        synced: synced.clone(),
         seen: Mutex::default(),
     });
     let mut shutdown_signal = shutdown.clone();
@@ -207,23 +257,22 @@ pub fn build(
             }
         })
         .boxed();
-    Built { future, pods: pod_store, statefulsets: sts_store, routestates: rs_store }
+    Built { future, pods: pod_store, statefulsets: sts_store, routestates: rs_store, synced }
 }
 
-/// A `()` each time this replica becomes the lease holder.
+/// A `()` whenever this replica is (again) the lease holder: at start if it holds the lease,
+/// then on every observed change after which it holds it. A quick lose-and-regain that the
+/// watch channel coalesces still fires; an extra firing only costs a reconcile of everything.
 fn new_terms(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
-    futures::stream::unfold((leader, false), |(mut rx, was)| async move {
+    futures::stream::unfold((leader, true), |(mut rx, first)| async move {
+        let mut first = first;
         loop {
-            let now = *rx.borrow_and_update();
-            if now && !was {
-                return Some(((), (rx, true)));
-            }
-            let was = now;
-            if rx.changed().await.is_err() {
+            if !first && rx.changed().await.is_err() {
                 return None;
             }
-            if was && !*rx.borrow() {
-                continue;
+            first = false;
+            if *rx.borrow_and_update() {
+                return Some(((), (rx, false)));
             }
         }
     })
@@ -250,8 +299,7 @@ async fn reconcile(rs: Arc<RouteState>, ctx: Arc<Context>) -> Result<Action> {
         field: "metadata.namespace",
     })?;
     // Reconciling before the caches are filled would publish an empty pod set.
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.statefulsets.wait_until_ready().await;
+    ctx.synced.dependents().await;
 
     if !*ctx.leader.borrow() {
         // Standby: keep the plan warm so a new term publishes at once; write nothing.
@@ -412,5 +460,61 @@ async fn publish_event(
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         ctx.metrics.error("event");
         tracing::warn!(error = %e, reason, "publishing an Event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_everything_the_derivation_reads() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1", "namespace": "ns",
+                "labels": {"apps.kubernetes.io/pod-index": "1", "app": "web", "controller-revision-hash": "x"},
+                "annotations": {"routestate.dev/load": "5", "routestate.dev/routing-state": "DenyNewCall", "big": "x".repeat(10_000)},
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true},
+                    {"apiVersion": "v1", "kind": "Other", "name": "o", "uid": "v"}
+                ],
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                "deletionTimestamp": "2026-01-01T00:00:00Z"
+            },
+            "spec": {"containers": [{"name": "app", "image": "pause"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
+        }))
+        .unwrap();
+        let before = derive::pod_facts(&pod, "web").unwrap();
+        let mut trimmed = pod.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(derive::pod_facts(&trimmed, "web").unwrap(), before);
+        assert!(derive::owned_by(&trimmed, "web"));
+        assert_eq!(controlling_statefulset(&trimmed).as_deref(), Some("web"));
+        assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
+        assert_eq!(trimmed.metadata.annotations.as_ref().unwrap().len(), 2);
+        assert_eq!(trimmed.metadata.labels.as_ref().unwrap().len(), 1);
+        assert_eq!(trimmed.metadata.owner_references.as_ref().unwrap().len(), 1);
+        let status = trimmed.status.unwrap();
+        assert_eq!((status.phase, status.conditions.unwrap().len()), (None, 1));
+    }
+
+    #[tokio::test]
+    async fn new_terms_fire_on_each_acquisition_only() {
+        let (tx, rx) = watch::channel(false);
+        let mut terms = std::pin::pin!(new_terms(rx));
+        tx.send_replace(true);
+        assert_eq!(terms.next().await, Some(()));
+        // Lost and regained before the stream looked: still a new term.
+        tx.send_replace(false);
+        tx.send_replace(true);
+        assert_eq!(terms.next().await, Some(()));
+        // Losing alone does not fire.
+        tx.send_replace(false);
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), terms.next()).await;
+        assert!(pending.is_err(), "fired without leadership");
+        drop(tx);
+        assert_eq!(terms.next().await, None);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use super::{controller::Synced, metrics::Metrics, publisher::Publisher};
 use axum::{
     Router,
     extract::State,
@@ -9,9 +10,6 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::sync::watch;
-
-use super::{metrics::Metrics, publisher::Publisher};
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -20,8 +18,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Pinged by `/readyz`.
     pub publisher: Arc<Publisher>,
-    /// True once the RouteState, StatefulSet and pod caches are filled.
-    pub synced: watch::Receiver<bool>,
+    /// Whether the RouteState, StatefulSet and pod caches are filled.
+    pub synced: Synced,
 }
 
 /// The router with the three endpoints.
@@ -34,7 +32,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if !*s.synced.borrow() {
+    if !s.synced.is_synced() {
         return (StatusCode::SERVICE_UNAVAILABLE, "watches not synced yet\n".to_owned());
     }
     match tokio::time::timeout(Duration::from_secs(1), s.publisher.ping()).await {

@@ -115,24 +115,11 @@ impl Operator {
             sync_rx,
             shutdown.clone(),
         );
-        let (synced_tx, synced) = watch::channel(false);
+        let synced = built.synced.clone();
 
         let mut work = JoinSet::new();
         work.spawn(built.future);
         work.spawn(publisher.clone().run(shutdown.clone()));
-        {
-            let (p, s, r) = (built.pods.clone(), built.statefulsets.clone(), built.routestates.clone());
-            work.spawn(async move {
-                if p.wait_until_ready().await.is_ok()
-                    && s.wait_until_ready().await.is_ok()
-                    && r.wait_until_ready().await.is_ok()
-                {
-                    let _ = synced_tx.send(true);
-                }
-                // Keep the sender alive so /readyz can read the flag.
-                std::future::pending::<()>().await;
-            });
-        }
         if let Some(listener) = listener {
             let app = http::router(http::HttpState { metrics: metrics.clone(), publisher: publisher.clone(), synced });
             let mut stop = shutdown.clone();

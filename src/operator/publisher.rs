@@ -215,19 +215,21 @@ impl Publisher {
     /// Runs ticks until `shutdown` turns true. A tick in flight always completes first.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut leader = self.leader.clone();
-        let mut was_leader = false;
+        // Every observed leadership change starts a term (a coalesced lose-and-regain too):
+        // forget what this replica knew about Redis and, if leading, publish everything now.
+        let mut term_changed = true;
         loop {
             let is_leader = *leader.borrow_and_update();
-            if is_leader != was_leader {
-                // New term: publish everything now and re-read what Redis holds; old term: forget it.
+            if term_changed {
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 for e in entries.values_mut() {
                     e.known = None;
                     e.dirty = is_leader;
                     e.sync = SyncState::Pending;
                 }
+                drop(entries);
                 self.metrics.leader.set(i64::from(is_leader));
-                was_leader = is_leader;
+                term_changed = false;
             }
             if is_leader {
                 self.tick().await;
@@ -236,7 +238,12 @@ impl Publisher {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(next) => {}
-                r = leader.changed() => if r.is_err() { return },
+                r = leader.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    term_changed = true;
+                }
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
