@@ -27,6 +27,8 @@ SERVICES=3
 NS=soak
 
 log() { echo "soak: $(date -u +%H:%M:%S) $*" >&2; }
+violations=0
+violation() { violations=$((violations + 1)); log "VIOLATION: $*"; }
 cargo build --bin routestate >&2
 BIN=$ROOT/target/debug/routestate
 
@@ -69,9 +71,15 @@ spec: {updatePeriodSeconds: $PERIOD}
 EOF
 done | kubectl apply -f - >/dev/null
 
+# Seeds two links through the CLI (what a pod and a client write); retried for 10 s because a
+# just-restarted Redis may refuse the first connection.
 seed_links() {
-  "$BIN" links set "$NS/s0" soak-user-p 1 --persistent --redis-url "$REDIS_URL" >/dev/null
-  "$BIN" links set "$NS/s1" soak-user-t 2 --ttl 100000 --redis-url "$REDIS_URL" >/dev/null
+  local deadline=$((SECONDS + 10))
+  until "$BIN" links set "$NS/s0" soak-user-p 1 --persistent --redis-url "$REDIS_URL" >/dev/null &&
+    "$BIN" links set "$NS/s1" soak-user-t 2 --ttl 100000 --redis-url "$REDIS_URL" >/dev/null; do
+    ((SECONDS < deadline)) || { violation "could not seed links for 10 s"; return 0; }
+    sleep 0.5
+  done
 }
 links_snapshot() {
   { redis-cli -u "$REDIS_URL" get "sf:{$NS:lk:soak-user-p}s0"; redis-cli -u "$REDIS_URL" hgetall "sf:{$NS:lk:soak-user-p}"
@@ -81,8 +89,6 @@ seed_links
 LINKS=$(links_snapshot)
 
 
-violations=0
-violation() { violations=$((violations + 1)); log "VIOLATION: $*"; }
 last_restart=0   # SECONDS of the last Redis restart
 last_scale=0
 
@@ -130,12 +136,15 @@ while ((SECONDS - start < SOAK_SECONDS)); do
       0 | 1 | 2) kind=delete-pod; kubectl delete pod "s$s-$pod" -n "$NS" --wait=false >/dev/null 2>&1 || true ;;
       3 | 4) kind=patch-routestate
          st=$(printf 'Ready\nDenyNewCall\nShutdown\n' | shuf -n1)
-         kubectl patch routestate "s$s" -n "$NS" --type=merge -p "{\"spec\":{\"pods\":[{\"index\":$pod,\"routingState\":\"$st\"}]}}" >/dev/null ;;
+         kubectl patch routestate "s$s" -n "$NS" --type=merge -p "{\"spec\":{\"pods\":[{\"index\":$pod,\"routingState\":\"$st\"}]}}" >/dev/null || true ;;
       5 | 6) kind=annotate-load; kubectl annotate pod "s$s-$pod" -n "$NS" --overwrite "routestate.dev/load=$RANDOM" >/dev/null 2>&1 || true ;;
-      7 | 8) kind=scale; kubectl scale sts "s$s" -n "$NS" --replicas=$((2 + RANDOM % 5)) >/dev/null; last_scale=$SECONDS ;;
+      7 | 8) kind=scale; kubectl scale sts "s$s" -n "$NS" --replicas=$((2 + RANDOM % 5)) >/dev/null || true; last_scale=$SECONDS ;;
       9) kind=redis-restart
-         kill -9 "$(cat "$CLUSTER_DIR/pids/redis.pid")"
-         hack/cluster.sh start redis >/dev/null 2>&1
+         rpid=$(cat "$CLUSTER_DIR/pids/redis.pid")
+         kill -9 "$rpid"
+         # `start` does nothing while the old PID still answers kill -0: wait until it is gone.
+         while kill -0 "$rpid" 2>/dev/null; do sleep 0.05; done
+         hack/cluster.sh start redis >/dev/null 2>&1 || violation "Redis did not restart"
          last_restart=$SECONDS
          seed_links; LINKS=$(links_snapshot) ;;
     esac
