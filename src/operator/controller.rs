@@ -174,6 +174,44 @@ impl Synced {
     }
 }
 
+/// Watch retry backoff: 250 ms doubling to at most 5 s, ±20 % jitter, reset after a success.
+///
+/// kube's default (800 ms → 30 s) is applied both per watch and again on the controller's merged
+/// triggers, and every failing watch advances the shared one: after a 20 s API server outage the
+/// watches resumed only 60–160 s later. Routing changes must flow within seconds of recovery.
+#[derive(Debug, Clone)]
+pub struct CappedBackoff {
+    next: Duration,
+}
+
+impl CappedBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for CappedBackoff {
+    fn default() -> Self {
+        Self { next: Self::MIN }
+    }
+}
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let jitter = rand::random_range(0.8..1.2);
+        Some(base.mul_f64(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 fn mark_synced<K>(flag: watch::Sender<bool>) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     move |event| {
         if let Ok(watcher::Event::InitDone) = event {
@@ -203,28 +241,28 @@ pub fn build(
     let (rs_synced, rs_ready) = watch::channel(false);
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(watches.pods, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(CappedBackoff::default())
         .modify(trim_pod)
         .inspect(mark_synced(pods_synced))
         .reflect(pod_writer)
         .touched_objects();
     let (sts_store, sts_writer) = reflector::store();
     let sts_stream = watcher(watches.statefulsets, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(CappedBackoff::default())
         .modify(trim_statefulset)
         .inspect(mark_synced(sts_synced))
         .reflect(sts_writer)
         .touched_objects();
     let (rs_store, rs_writer) = reflector::store();
     let rs_stream = watcher(watches.routestates, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(CappedBackoff::default())
         .modify(|rs: &mut RouteState| rs.metadata.managed_fields = None)
         .inspect(mark_synced(rs_synced))
         .reflect(rs_writer)
         .touched_objects();
     let synced = Synced { pods: pods_ready, statefulsets: sts_ready, routestates: rs_ready };
 
-    let controller = Controller::for_stream(rs_stream, rs_store.clone());
+    let controller = Controller::for_stream(rs_stream, rs_store.clone()).trigger_backoff(CappedBackoff::default());
     publisher.set_routestate_store(rs_store.clone());
     let (for_pods, for_sts) = (rs_store.clone(), rs_store.clone());
     let ctx = Arc::new(Context {
@@ -498,6 +536,19 @@ mod tests {
         assert_eq!(trimmed.metadata.owner_references.as_ref().unwrap().len(), 1);
         let status = trimmed.status.unwrap();
         assert_eq!((status.phase, status.conditions.unwrap().len()), (None, 1));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = CappedBackoff::default();
+        let delays: Vec<Duration> = (&mut b).take(8).collect();
+        for (d, base_ms) in delays.iter().zip([250u64, 500, 1000, 2000, 4000, 5000, 5000, 5000]) {
+            let base = Duration::from_millis(base_ms);
+            assert!(*d >= base.mul_f64(0.8) && *d <= base.mul_f64(1.2), "{d:?} vs {base:?}");
+        }
+        b.reset();
+        assert!(b.next().unwrap() <= Duration::from_millis(300));
     }
 
     #[tokio::test]
