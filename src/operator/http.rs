@@ -2,7 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{controller::Synced, metrics::Metrics, publisher::Publisher};
+use super::{
+    controller::Synced,
+    metrics::Metrics,
+    publisher::{Publisher, REDIS_READY_GRACE},
+};
 use axum::{
     Router,
     extract::State,
@@ -35,10 +39,17 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if !s.synced.is_synced() {
         return (StatusCode::SERVICE_UNAVAILABLE, "watches not synced yet\n".to_owned());
     }
-    match tokio::time::timeout(Duration::from_secs(1), s.publisher.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n".to_owned()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis unreachable: {e}\n")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable: PING timed out after 1s\n".to_owned()),
+    let failure = match tokio::time::timeout(Duration::from_secs(1), s.publisher.ping()).await {
+        Ok(Ok(())) => return (StatusCode::OK, "ok\n".to_owned()),
+        Ok(Err(e)) => format!("redis unreachable: {e}"),
+        Err(_) => "redis unreachable: PING timed out after 1s".to_owned(),
+    };
+    // Not ready only once Redis has been failing for the grace period (publishes count too).
+    match s.publisher.redis_down_for() {
+        Some(down) if down >= REDIS_READY_GRACE => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{failure} (failing for {:.1}s)\n", down.as_secs_f64()))
+        }
+        _ => (StatusCode::OK, format!("ok ({failure}; within the {}s grace period)\n", REDIS_READY_GRACE.as_secs())),
     }
 }
 

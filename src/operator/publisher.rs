@@ -34,8 +34,13 @@ use crate::{
 /// Field of the meta hash holding the publish period, read by clients to judge staleness.
 pub const META_UPDATE_PERIOD: &str = "updatePeriodSeconds";
 
-/// Retry delay after a failed publish.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Retry delay after a failed publish: short, so that a Redis that comes back (empty) gets every
+/// state again well within one period, whatever the period.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// How long Redis must keep failing before `/readyz` reports it: one slow PING on a busy machine
+/// must not take the operator out of its Service.
+pub const REDIS_READY_GRACE: Duration = Duration::from_secs(3);
 
 /// What to publish for one service.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +94,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     sync_changed: mpsc::UnboundedSender<ObjectRef<RouteState>>,
     routestates: std::sync::OnceLock<kube::runtime::reflector::Store<RouteState>>,
+    /// Since when Redis has been failing (publishes or PINGs); `None` while it answers.
+    redis_down_since: Mutex<Option<Instant>>,
 }
 
 impl Publisher {
@@ -110,7 +117,23 @@ impl Publisher {
             metrics,
             sync_changed,
             routestates: std::sync::OnceLock::new(),
+            redis_down_since: Mutex::default(),
         }
+    }
+
+    /// Records whether the last Redis operation succeeded.
+    fn note_redis(&self, ok: bool) {
+        let mut down = self.redis_down_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (ok, *down) {
+            (true, _) => *down = None,
+            (false, None) => *down = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// How long Redis has been failing without a success in between, if it is failing.
+    pub fn redis_down_for(&self) -> Option<Duration> {
+        self.redis_down_since.lock().unwrap_or_else(|e| e.into_inner()).map(|since| since.elapsed())
     }
 
     /// Gives the publisher the controller's RouteState cache: plans of RouteStates missing from
@@ -195,11 +218,13 @@ impl Publisher {
     /// Redis answers PING (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|source| Error::Redis {
+        let result = redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|source| Error::Redis {
             op: "PING",
             key: String::new(),
             source,
-        })
+        });
+        self.note_redis(result.is_ok());
+        result
     }
 
     fn next_wake(&self) -> Instant {
@@ -281,6 +306,7 @@ impl Publisher {
             let Some(e) = entries.get_mut(&key) else { continue };
             let sync = match result {
                 Ok(fields) => {
+                    self.note_redis(true);
                     if e.plan == plan {
                         e.dirty = false;
                         e.known = Some(fields);
@@ -291,6 +317,7 @@ impl Publisher {
                     SyncState::Synced
                 }
                 Err(err) => {
+                    self.note_redis(false);
                     self.metrics.publish_errors.inc();
                     tracing::warn!(routestate = %key, error = %err, "publishing to Redis failed");
                     e.known = None;
