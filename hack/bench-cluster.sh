@@ -91,8 +91,7 @@ start_operator() {
 
 log "1 000 pods: 10 StatefulSets × 100"
 t0=$SECONDS
-# The operator starts first: an operator started after its RouteStates publishes only one of them
-# today (tests/it/reliability_restart.rs).
+# The operator starts first, so it sees the StatefulSets grow like a running operator does.
 start_operator
 add_services 0 10
 wait_until "1000 ready pods" 900 bash -c "[[ \$(kubectl get pods -n $NS --no-headers 2>/dev/null | awk '\$2==\"1/1\" && \$3==\"Running\"' | wc -l) -ge 1000 ]]"

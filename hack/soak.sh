@@ -45,8 +45,8 @@ source "$CLUSTER_DIR/env"
 "$BIN" crd | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established crd/routestates.routestate.dev --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
-# The operator starts before the RouteStates exist (one started after them publishes only the
-# first today: tests/it/reliability_restart.rs).
+# The operator starts before the RouteStates exist (a restart with existing ones is
+# tests/it/reliability_restart.rs).
 RUST_LOG=warn "$BIN" run --namespace "$NS" --redis-url "$REDIS_URL" --http-addr 127.0.0.1:0 >"$CLUSTER_DIR/operator.log" 2>&1 &
 OP_PID=$!
 for ((i = 0; i < SERVICES; i++)); do
