@@ -38,6 +38,11 @@ pub struct RedisOptions {
     pub op_timeout: std::time::Duration,
 }
 
+/// Reconnection attempts per round after the connection to a standalone server is lost.
+const RECONNECT_RETRIES: usize = 3;
+/// Longest pause between two reconnection attempts.
+const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// Default per-operation timeout.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -185,9 +190,15 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
             None => Client::open(info),
         }
         .map_err(connect_err)?;
+        // Reconnect quickly and give up a round soon: the crate's default (6 retries, 100 ms
+        // doubling, no cap, about 6 s a round) makes commands wait on a dead server for seconds,
+        // delays noticing an outage and recovering from it, and turns a wrong password or CA into
+        // a timeout. The next command starts a new round anyway.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.op_timeout))
-            .set_response_timeout(Some(opts.op_timeout));
+            .set_response_timeout(Some(opts.op_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = tokio::time::timeout(opts.op_timeout, ConnectionManager::new_with_config(client, config))
             .await
             .map_err(|_| timed_out())?
