@@ -316,7 +316,21 @@ fn new_terms(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
     })
 }
 
+/// A finalizer patch refused because the reconcile saw an object older than the server's (its
+/// JSON-patch `test` failed): routine right after creation, when another trigger reconciles
+/// before the watch delivers the object with the finalizer just added. Retried at once, quietly.
+fn is_stale_finalizer_patch(error: &Error) -> bool {
+    use kube::runtime::finalizer::Error as F;
+    let Error::Finalizer(e) = error else { return false };
+    matches!(e.as_ref(), F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+        if s.code == 422 || s.is_conflict())
+}
+
 fn error_policy(rs: Arc<RouteState>, error: &Error, ctx: Arc<Context>) -> Action {
+    if is_stale_finalizer_patch(error) {
+        tracing::debug!(routestate = %ObjectRef::from_obj(rs.as_ref()), error = %error, "finalizer patch on a stale object; retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
     ctx.metrics.error(error.metric_label());
     tracing::warn!(routestate = %ObjectRef::from_obj(rs.as_ref()), error = %error, "reconcile failed");
     if *ctx.leader.borrow() && !matches!(error, Error::NotLeader(_)) {

@@ -211,6 +211,18 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
     assert!(states(&mut redis, &ns.name, "web").await.contains_key(&0));
+    // A healthy life so far: no reconcile failed (a finalizer patch racing the watch right
+    // after creation is retried quietly, not reported to users).
+    let failures: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ReconcileFailed"))
+        .map(|e| e.note)
+        .collect();
+    assert!(failures.is_empty(), "ReconcileFailed events: {failures:?}");
 
     // Deleting pod 2 (held in Terminating): DENY_NEW_CALL at once, READY again once recreated.
     let old_uid = pods.get("web-2").await.unwrap().metadata.uid;
