@@ -14,12 +14,14 @@
 //!    `redis-benchmark` running the same HSETs (100 fields each) with the same pipeline depth
 //!    (goal ≤ 2 × its time).
 
+mod support;
+
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use support::{RedisServer, median};
 
 use routestate::{
     client::{Client, ClientConfig},
@@ -32,84 +34,6 @@ const RUNS: usize = 5;
 const CONCURRENCY: usize = 50;
 /// Operations per run of the Redis-bound figures.
 const OPS: usize = 100_000;
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (is it installed?)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ping"])
-            .output()
-            .map(|o| o.stdout != b"PONG\n")
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING within 10 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out =
-            Command::new("redis-cli").arg("-p").arg(self.port.to_string()).args(args).output().expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// requests/s of one redis-benchmark run of `command`.
-    fn benchmark(&self, clients: usize, requests: usize, pipeline: usize, command: &[String]) -> f64 {
-        let out = Command::new("redis-benchmark")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                &clients.to_string(),
-                "-n",
-                &requests.to_string(),
-                "-P",
-                &pipeline.to_string(),
-                "--csv",
-            ])
-            .args(command)
-            .output()
-            .expect("redis-benchmark");
-        let text = String::from_utf8_lossy(&out.stdout);
-        // --csv: a header line, then "name","rps",...
-        let line = text
-            .lines()
-            .find(|l| !l.starts_with("\"test\""))
-            .unwrap_or_else(|| panic!("no redis-benchmark result in {text:?}"));
-        line.split(',')
-            .nth(1)
-            .and_then(|v| v.trim_matches('"').parse().ok())
-            .unwrap_or_else(|| panic!("unparsable redis-benchmark line {line:?}"))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// ops/s of `op(i)` for i in 0..OPS with CONCURRENCY tasks.
 async fn throughput<F, Fut>(op: F) -> f64
@@ -159,7 +83,7 @@ fn main() {
         ["EVALSHA", &sha, "2", "sf:{bench:lk:__rand_int__}game", "sf:{bench:lk:__rand_int__}", "game", "1", "300"]
             .map(String::from)
             .to_vec();
-    let limit = median((0..RUNS).map(|_| redis.benchmark(CONCURRENCY, OPS, 1, &evalsha)).collect());
+    let limit = median((0..RUNS).map(|_| redis.rps(CONCURRENCY, OPS, 1, &evalsha)).collect());
     let s = store.clone();
     let if_absent = median(
         (0..RUNS)
@@ -308,7 +232,7 @@ fn main() {
         hset.push(p.to_string());
         hset.push(s.encode());
     }
-    let limit_rps = median((0..RUNS).map(|_| redis.benchmark(1, 100 * rounds, 100, &hset)).collect());
+    let limit_rps = median((0..RUNS).map(|_| redis.rps(1, 100 * rounds, 100, &hset)).collect());
     let limit_time = 100.0 / limit_rps;
     println!(
         "{:<48} {:>11.3} ms   limit redis-benchmark {:>9.3} ms  ratio {:>6.2}  goal ratio ≤ 2",

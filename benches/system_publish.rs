@@ -12,10 +12,10 @@
 //! (TIME + the pipelines), averaged over the steady-state ticks (the first tick of a term also
 //! reads HKEYS and is left out).
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -30,6 +30,7 @@ use routestate::{
     },
     store::{RedisOptions, connect},
 };
+use support::{RedisServer, median};
 use tokio::sync::{mpsc, watch};
 
 /// Counts live heap bytes, so the publisher's own memory is measured exactly (a process' RSS
@@ -61,65 +62,6 @@ const RUNS: usize = 5;
 const PODS_PER_SERVICE: u32 = 100;
 /// Steady-state ticks measured per run.
 const TICKS: u64 = 5;
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (is it installed?)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ping"])
-            .output()
-            .map(|o| o.stdout != b"PONG\n")
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-
-    /// Seconds redis-benchmark takes for `requests` of `command` at pipeline depth `pipeline`
-    /// from one client.
-    fn benchmark_secs(&self, requests: usize, pipeline: usize, command: &[String]) -> f64 {
-        let out = Command::new("redis-benchmark")
-            .args(["-p", &self.port.to_string(), "-c", "1", "-n", &requests.to_string(), "-P", &pipeline.to_string()])
-            .args(["-q", "--csv"])
-            .args(command)
-            .output()
-            .expect("running redis-benchmark");
-        let text = String::from_utf8_lossy(&out.stdout);
-        // --csv: "test","rps",... ; take the rps of the last line.
-        let rps: f64 = text
-            .lines()
-            .filter_map(|l| l.split(',').nth(1).map(|v| v.trim_matches('"').to_owned()))
-            .filter_map(|v| v.parse().ok())
-            .next_back()
-            .unwrap_or_else(|| panic!("no requests/s in redis-benchmark output: {text}"));
-        requests as f64 / rps
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn histogram(metrics: &Metrics) -> (f64, f64) {
     let text = metrics.render();
@@ -204,10 +146,12 @@ fn main() {
     for run in 0..RUNS {
         ours.push(rt.block_on(publisher_run(&url, run, services as u32)).0);
         // The limit: the same 100 big HSETs plus 200 small commands, one pipeline of 300.
-        let big = redis.benchmark_secs(services * 20, 3 * services, &hset) / 20.0;
-        let small = redis.benchmark_secs(
+        // Seconds for `requests` from one client at pipeline depth 3 × services.
+        let secs =
+            |requests: usize, command: &[String]| requests as f64 / redis.rps(1, requests, 3 * services, command);
+        let big = secs(services * 20, &hset) / 20.0;
+        let small = secs(
             services * 2 * 20,
-            3 * services,
             &["HSET".into(), "sf:{bench:state:__rand_int__}meta".into(), "updatePeriodSeconds".into(), "1".into()],
         ) / 20.0;
         limit.push(big + small);

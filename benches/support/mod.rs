@@ -1,0 +1,77 @@
+//! Shared by the benchmarks: a private redis-server on a free loopback port (so a benchmark never
+//! disturbs other users of the machine's Redis), `redis-benchmark` as the limit measured in the
+//! same run, and the median of several runs.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (is it installed?)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .map(|o| o.stdout != b"PONG\n")
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("redis-cli").arg("-p").arg(self.port.to_string()).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Requests/s of one `redis-benchmark` run of `command` with `clients` connections and
+    /// `pipeline` requests per round trip.
+    pub fn rps(&self, clients: usize, requests: usize, pipeline: usize, command: &[String]) -> f64 {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &self.port.to_string(), "-c", &clients.to_string(), "-n", &requests.to_string()])
+            .args(["-P", &pipeline.to_string(), "--csv"])
+            .args(command)
+            .output()
+            .expect("running redis-benchmark");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // --csv: a header line "test","rps",..., then one line per test; take the last result.
+        text.lines()
+            .filter_map(|l| l.split(',').nth(1).and_then(|v| v.trim_matches('"').parse::<f64>().ok()))
+            .next_back()
+            .unwrap_or_else(|| panic!("no requests/s in redis-benchmark output {text:?}"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
