@@ -39,6 +39,11 @@ step "unit and integration tests"
 # Library, binary, integration and doc tests (benches are compiled by clippy above and run by `make bench`).
 cargo test --locked
 
+step "library examples"
+# The runnable examples of the client and server roles, against the test Redis (own namespace).
+EXAMPLE_NAMESPACE="example-$$" cargo run --locked -q --example client
+EXAMPLE_NAMESPACE="example-$$" cargo run --locked -q --example server
+
 # --- fuzz (issue 6): every codec fuzz target for a bounded time; fails if nightly is missing ---
 step "fuzz targets (${FUZZ_SECONDS:-20}s each)"
 hack/fuzz.sh
