@@ -471,7 +471,7 @@ struct StatusTarget {
     statefulset: String,
 }
 
-async fn status_targets(args: &StatusArgs) -> Result<Vec<StatusTarget>, Failure> {
+async fn status_targets(args: &StatusArgs, client: &Result<Client, Failure>) -> Result<Vec<StatusTarget>, Failure> {
     let (namespace, name) = match (&args.target, &args.namespace) {
         (Some(t), _) if t.contains('/') => {
             let t = ns_name(t).map_err(Failure::Usage)?;
@@ -484,8 +484,7 @@ async fn status_targets(args: &StatusArgs) -> Result<Vec<StatusTarget>, Failure>
         (None, Some(ns)) => (ns.clone(), None),
         (None, None) => return Err(Failure::Usage("give <namespace>/<routestate> or -n <namespace>".into())),
     };
-    let client = kube_client(args.kubeconfig.as_ref()).await;
-    let found: Vec<RouteState> = match (&client, &name) {
+    let found: Vec<RouteState> = match (client, &name) {
         (Ok(c), Some(n)) => {
             let api: Api<RouteState> = Api::namespaced(c.clone(), &namespace);
             match api.get_opt(n).await {
@@ -543,8 +542,10 @@ async fn status_targets(args: &StatusArgs) -> Result<Vec<StatusTarget>, Failure>
 
 async fn status(args: StatusArgs) -> Result<(), Failure> {
     let store = Store::connect(&args.redis.options().map_err(Failure::Usage)?).await?;
+    // One client for the whole --watch session; only the RouteStates are re-read each second.
+    let client = kube_client(args.kubeconfig.as_ref()).await;
     loop {
-        let targets = status_targets(&args).await?;
+        let targets = status_targets(&args, &client).await?;
         let mut out = String::new();
         for t in &targets {
             let states = store.read_service(&t.namespace, &t.service).await?;
