@@ -17,7 +17,7 @@ use crate::{
     cluster_smoke::statefulset,
     support::{
         self, TestNamespace,
-        operator::{install_crd, redis_now_ms, start_operator, states},
+        operator::{install_crd, redis_now_ms, start_operator, states, wait_routing},
     },
 };
 
@@ -155,15 +155,8 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     let patch = serde_json::json!({"spec": {"pods": [{"index": 1, "routingState": "DenyNewCall"}]}});
     let started = Instant::now();
     rs_api.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    support::wait_for("pod 1 DENY_NEW_CALL", Duration::from_secs(10), || {
-        let mut redis = redis.clone();
-        let ns = ns.name.clone();
-        async move {
-            let s = states(&mut redis, &ns, "web").await;
-            if s.get(&1).map(|p| p.routing) == Some(RoutingState::DenyNewCall) { Ok(()) } else { Err(format!("{s:?}")) }
-        }
-    })
-    .await;
+    wait_routing(&redis, &ns.name, "web", 1, RoutingState::DenyNewCall, "pod 1 DENY_NEW_CALL", Duration::from_secs(10))
+        .await;
     let latency = started.elapsed();
     eprintln!("MEASURED: spec patch -> Redis latency {latency:?}");
     assert!(latency < Duration::from_secs(5), "took {latency:?}");
@@ -227,14 +220,15 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     // Deleting pod 2 (held in Terminating): DENY_NEW_CALL at once, READY again once recreated.
     let old_uid = pods.get("web-2").await.unwrap().metadata.uid;
     hold_and_delete(&pods, "web-2").await;
-    support::wait_for("terminating pod 2 DENY_NEW_CALL", Duration::from_secs(10), || {
-        let mut redis = redis.clone();
-        let ns = ns.name.clone();
-        async move {
-            let s = states(&mut redis, &ns, "web").await;
-            if s.get(&2).map(|p| p.routing) == Some(RoutingState::DenyNewCall) { Ok(()) } else { Err(format!("{s:?}")) }
-        }
-    })
+    wait_routing(
+        &redis,
+        &ns.name,
+        "web",
+        2,
+        RoutingState::DenyNewCall,
+        "terminating pod 2 DENY_NEW_CALL",
+        Duration::from_secs(10),
+    )
     .await;
     // Still heartbeated while terminating.
     let t0 = states(&mut redis, &ns.name, "web").await[&2].updated_at_ms;

@@ -24,7 +24,7 @@ use crate::{
     cluster_smoke::statefulset,
     support::{
         self, TestNamespace,
-        operator::{install_crd, redis_now_ms, start_operator, states},
+        operator::{install_crd, redis_now_ms, start_operator, states, wait_routing},
     },
 };
 
@@ -160,14 +160,15 @@ async fn one_writer_and_failover_within_the_staleness_window() {
     let mut l = leases.get("routestate-operator").await.unwrap();
     l.spec.as_mut().unwrap().holder_identity = None;
     leases.replace("routestate-operator", &PostParams::default(), &l).await.unwrap();
-    support::wait_for("c publishes the pending change after re-acquiring", Duration::from_secs(10), || {
-        let mut redis = redis.clone();
-        let ns = ns.name.clone();
-        async move {
-            let s = states(&mut redis, &ns, "web").await;
-            if s.get(&1).map(|p| p.routing) == Some(RoutingState::DenyNewCall) { Ok(()) } else { Err(format!("{s:?}")) }
-        }
-    })
+    wait_routing(
+        &redis,
+        &ns.name,
+        "web",
+        1,
+        RoutingState::DenyNewCall,
+        "c publishes the pending change after re-acquiring",
+        Duration::from_secs(10),
+    )
     .await;
     assert!(c.is_leader());
     c.shutdown().await.unwrap();

@@ -9,7 +9,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use routestate::{
-    core::{Keys, PodState},
+    core::{Keys, PodState, RoutingState},
     operator::{LeaseConfig, Operator, OperatorConfig, RouteState},
     store::RedisOptions,
 };
@@ -85,4 +85,24 @@ pub async fn states(redis: &mut redis::aio::ConnectionManager, ns: &str, svc: &s
             (idx, PodState::parse(&v).unwrap_or_else(|e| panic!("field {k}: {e}")))
         })
         .collect()
+}
+
+/// Waits until pod `pod` of `ns`/`svc` is published with routing state `want`.
+pub async fn wait_routing(
+    redis: &redis::aio::ConnectionManager,
+    ns: &str,
+    svc: &str,
+    pod: u32,
+    want: RoutingState,
+    what: &str,
+    timeout: Duration,
+) {
+    crate::support::wait_for(what, timeout, || {
+        let mut redis = redis.clone();
+        async move {
+            let s = states(&mut redis, ns, svc).await;
+            if s.get(&pod).map(|p| p.routing) == Some(want) { Ok(()) } else { Err(format!("{s:?}")) }
+        }
+    })
+    .await;
 }
