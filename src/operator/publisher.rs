@@ -368,24 +368,32 @@ impl Publisher {
         let cluster = conn.is_cluster();
         let slot = |key: &str| if cluster { hash_slot(key) } else { 0 };
 
-        // Learn which fields exist for services this replica has not written yet this term.
-        let mut known: Vec<BTreeSet<String>> = Vec::with_capacity(due.len());
-        let mut plan_keys = Vec::with_capacity(due.len());
-        for (_, plan, k) in due {
-            let keys = plan.keys();
-            match (&keys, k) {
-                (Ok((state, _, _)), None) => {
-                    let fields: Vec<String> = redis::cmd("HKEYS")
-                        .arg(state)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|source| Error::Redis { op: "HKEYS", key: state.clone(), source })?;
-                    known.push(fields.into_iter().collect());
-                }
-                (_, Some(k)) => known.push(k.clone()),
-                (Err(_), None) => known.push(BTreeSet::new()),
+        // Learn which fields exist for services this replica has not written yet this term: one
+        // pipeline of HKEYS per hash slot (after a restart or an outage that is every service).
+        let plan_keys: Vec<_> = due.iter().map(|(_, plan, _)| plan.keys()).collect();
+        let mut known: Vec<BTreeSet<String>> = due.iter().map(|(_, _, k)| k.clone().unwrap_or_default()).collect();
+        let mut lookups: BTreeMap<u16, (Pipeline, Vec<usize>)> = BTreeMap::new();
+        for (i, ((_, _, k), keys)) in due.iter().zip(&plan_keys).enumerate() {
+            if let (None, Ok((state, _, _))) = (k, keys) {
+                let (pipe, which) = lookups.entry(slot(state)).or_insert_with(|| (redis::pipe(), Vec::new()));
+                pipe.cmd("HKEYS").arg(state);
+                which.push(i);
             }
-            plan_keys.push(keys);
+        }
+        let lookups = lookups.into_values().map(|(pipe, which)| {
+            let mut conn = conn.clone();
+            async move { (pipe.query_async::<Vec<Vec<String>>>(&mut conn).await, which) }
+        });
+        for (fields, which) in join_all(lookups).await {
+            // Named by the first key of the failed pipeline, as the publish errors are.
+            let key = match &plan_keys[which[0]] {
+                Ok((state, _, _)) => state.clone(),
+                Err(_) => String::new(),
+            };
+            let fields = fields.map_err(|source| Error::Redis { op: "HKEYS", key, source })?;
+            for (i, f) in which.into_iter().zip(fields) {
+                known[i] = f.into_iter().collect();
+            }
         }
         let now_ms = server_time_ms(&mut conn).await?;
 
