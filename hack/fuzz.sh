@@ -32,11 +32,19 @@ if (($# > 0)); then targets=("$@"); else mapfile -t targets < <(cargo +nightly f
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   echo "fuzz: $t for ${SECONDS_EACH}s" >&2
-  # -max_total_time bounds the run; a crash or a panic exits non-zero and saves the input.
-  cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 \
-    | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|.*Test unit written)' >&2 \
-    || true
-  status=${PIPESTATUS[0]}
-  ((status == 0)) || die "$t failed (exit $status); the crashing input is in fuzz/artifacts/$t/"
+  # -max_total_time bounds the run; a crash or a panic exits non-zero and saves the input. The
+  # output goes to a file first, so the exit status is the fuzzer's own (a pipe into grep would
+  # report grep's, and `|| true` would hide both).
+  log="fuzz/artifacts/$t.log"
+  mkdir -p fuzz/artifacts
+  status=0
+  cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1 \
+    || status=$?
+  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|.*Test unit written)' \
+    "$log" >&2 || true
+  if ((status != 0)); then
+    tail -n 30 "$log" >&2
+    die "$t failed (exit $status); the crashing input is in fuzz/artifacts/$t/, the full output in $log"
+  fi
 done
 echo "fuzz: all ${#targets[@]} target(s) ran ${SECONDS_EACH}s without a crash" >&2

@@ -13,7 +13,8 @@
 #     periods = the staleness window);
 #   - the links seeded by this script are never changed by the operator (re-seeded after a Redis
 #     restart wipes them);
-# and at the end, after two quiet periods, Redis equals what the API objects call for.
+# and at the end, once the last actions have settled, Redis equals what the API objects call for:
+# exactly the Ready pods, each with the routing state and weighted load the objects give it.
 # Exit code 0 only if no invariant was ever violated; violations are printed as they happen.
 #
 #   hack/soak.sh                 10 minutes
@@ -155,11 +156,11 @@ while ((SECONDS - start < SOAK_SECONDS)); do
   sleep 1
 done
 
-log "quiet for two periods, then the final comparison"
-kubectl get routestates -n "$NS" >/dev/null
-sleep $((2 * PERIOD + 1)) # let the last action settle (the check below is the assertion)
-final=$(python3 - "$NS" "$SERVICES" <<'PY'
-import json, subprocess, sys
+log "final comparison: Redis must equal what the API objects call for (polled up to 60 s while the last actions settle)"
+compare() {
+  python3 - "$NS" "$SERVICES" <<'PY'
+import json, os, subprocess, sys
+from fractions import Fraction
 ns, n = sys.argv[1], int(sys.argv[2])
 def sh(*a): return subprocess.run(a, capture_output=True, text=True, check=True).stdout
 order = {"Ready": 0, "DenyNewCall": 1, "Shutdown": 2}
@@ -167,20 +168,40 @@ bad = []
 for i in range(n):
     svc = "s%d" % i
     rs = json.loads(sh("kubectl", "get", "routestate", svc, "-n", ns, "-o", "json"))
-    over = {p["index"]: order[p["routingState"]] for p in rs["spec"].get("pods", []) if "routingState" in p}
+    spec = rs["spec"]
+    over = {p["index"]: order[p["routingState"]] for p in spec.get("pods", []) if "routingState" in p}
+    cpu = Fraction(str(spec.get("cpuFactor", 0.7)))
     pods = json.loads(sh("kubectl", "get", "pods", "-n", ns, "-l", "app=" + svc, "-o", "json"))["items"]
-    ready = {int(p["metadata"]["labels"].get("apps.kubernetes.io/pod-index", p["metadata"]["name"].rsplit("-", 1)[1]))
-             for p in pods if not p["metadata"].get("deletionTimestamp")
-             and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))}
-    vals = sh("redis-cli", "-u", __import__("os").environ["REDIS_URL"], "hgetall", "sf:{%s:state:%s}" % (ns, svc)).split()
-    got = {int(vals[k]): int(vals[k + 1].rsplit("-", 1)[1]) for k in range(0, len(vals), 2)}
-    for idx in ready:
-        want = over.get(idx, 0)
-        if got.get(idx) is None: bad.append("%s: ready pod %d not published" % (svc, idx))
-        elif got[idx] < want: bad.append("%s: pod %d published %d, override says %d" % (svc, idx, got[idx], want))
+    # The API's answer, pod by pod: published only while Ready and not terminating (the churn
+    # leaves no terminating pod behind once it has settled), routing = the override (the soak
+    # sets no routing annotation), weighted load = trunc(cpu × waiting + (1 − cpu) × load) from
+    # the annotations, computed exactly.
+    want = {}
+    for p in pods:
+        meta = p["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        if not any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])):
+            continue
+        idx = int(meta["labels"].get("apps.kubernetes.io/pod-index", meta["name"].rsplit("-", 1)[1]))
+        ann = meta.get("annotations", {})
+        load, waiting = int(ann.get("routestate.dev/load", 0)), int(ann.get("routestate.dev/waiting-tasks", 0))
+        want[idx] = (int(cpu * waiting + (1 - cpu) * load), over.get(idx, 0))
+    vals = sh("redis-cli", "-u", os.environ["REDIS_URL"], "hgetall", "sf:{%s:state:%s}" % (ns, svc)).split()
+    got = {}
+    for k in range(0, len(vals), 2):
+        load, _, routing = vals[k + 1].split("-")
+        got[int(vals[k])] = (int(load), int(routing))
+    if got != want:
+        bad.append("%s: Redis %s, API %s" % (svc, sorted(got.items()), sorted(want.items())))
 print("\n".join(bad))
 PY
-)
+}
+deadline=$((SECONDS + 60))
+until final=$(compare) && [[ -z $final ]]; do
+  ((SECONDS < deadline)) || break
+  sleep 1
+done
 [[ -z $final ]] || violation "final state differs from the API: $final"
 summary=$(for k in "${!counts[@]}"; do printf '%s=%s ' "$k" "${counts[$k]}"; done)
 log "done: $actions actions ($summary) in $((SECONDS - start))s, $violations violation(s)"

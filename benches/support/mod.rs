@@ -10,6 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Key space of `__rand_int__` in redis-benchmark commands.
+pub const RANDOM_KEYS: usize = 100_000;
+
 pub struct RedisServer {
     child: Child,
     pub port: u16,
@@ -47,11 +50,15 @@ impl RedisServer {
     }
 
     /// Requests/s of one `redis-benchmark` run of `command` with `clients` connections and
-    /// `pipeline` requests per round trip.
+    /// `pipeline` requests per round trip. `__rand_int__` in the command becomes a random number
+    /// below [`RANDOM_KEYS`] per request (`-r`; without it redis-benchmark sends the literal
+    /// placeholder, i.e. one key).
     pub fn rps(&self, clients: usize, requests: usize, pipeline: usize, command: &[String]) -> f64 {
+        let random = command.iter().any(|a| a.contains("__rand_int__"));
         let out = Command::new("redis-benchmark")
             .args(["-p", &self.port.to_string(), "-c", &clients.to_string(), "-n", &requests.to_string()])
             .args(["-P", &pipeline.to_string(), "--csv"])
+            .args(if random { vec!["-r".to_owned(), RANDOM_KEYS.to_string()] } else { vec![] })
             .args(command)
             .output()
             .expect("running redis-benchmark");

@@ -170,6 +170,45 @@ mod tests {
         assert_eq!(weighted_load(0.0, 0, u64::MAX), u64::MAX);
     }
 
+    /// One `-`-separated field as a writer might get it right or wrong: digits (with leading
+    /// zeros, or too many for a u64), empty, signed, spaced or not a number.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[0-2]",
+            4 => "0{0,2}[0-9]{1,20}",
+            1 => "[0-9]{21,23}",
+            1 => Just(String::new()),
+            1 => "[+ ][0-9]{1,3}",
+            1 => "[0-9]{1,3}[ .a]",
+            1 => Just("18446744073709551616".to_owned()),
+            1 => Just("18446744073709551615".to_owned()),
+        ]
+    }
+
+    /// The wire grammar, written independently of the parser: exactly three fields, at most 64
+    /// bytes in all, the first two decimal digit strings (leading zeros allowed) whose value fits
+    /// a u64, the last one of `0`, `1`, `2`. Values compared as text, not parsed.
+    fn grammar(fields: &[String], len: usize) -> Option<(u64, u64, u8)> {
+        const U64_MAX: &str = "18446744073709551615";
+        let number = |f: &str| {
+            let digits = f.trim_start_matches('0');
+            let fits = digits.len() < 20 || (digits.len() == 20 && digits <= U64_MAX);
+            (!f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) && fits)
+                .then(|| digits.bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+        };
+        let [load, ts, r] = fields else { return None };
+        let r = match r.as_str() {
+            "0" => 0,
+            "1" => 1,
+            "2" => 2,
+            _ => return None,
+        };
+        if len > 64 {
+            return None;
+        }
+        Some((number(load)?, number(ts)?, r))
+    }
+
     proptest! {
         #[test]
         fn round_trips(load in any::<u64>(), ts in any::<u64>(), ord in 0u8..3) {
@@ -183,11 +222,14 @@ mod tests {
         }
 
         #[test]
-        fn parse_accepts_only_canonical_triples(value in "[0-9-]{0,30}") {
-            if let Ok(s) = PodState::parse(&value) {
-                // Leading zeros parse; everything else re-encodes to the input.
-                let canon = s.encode();
-                prop_assert_eq!(PodState::parse(&canon), Ok(s));
+        fn parse_accepts_exactly_the_grammar(fields in proptest::collection::vec(field(), 1..5)) {
+            let value = fields.join("-");
+            match (PodState::parse(&value), grammar(&fields, value.len())) {
+                (Ok(s), Some((load, ts, r))) => {
+                    prop_assert_eq!((s.weighted_load, s.updated_at_ms, s.routing.ordinal()), (load, ts, r));
+                }
+                (Err(_), None) => {}
+                (got, want) => prop_assert!(false, "{:?}: parsed {:?}, the grammar says {:?}", value, got, want),
             }
         }
 

@@ -261,25 +261,37 @@ mod tests {
     }
 
     proptest! {
+        /// Against a model computed from the generated data alone (not from the snapshot's own
+        /// routable/alive views): good = READY, at most the window old, load ≤ least such load +
+        /// range, in ascending index; the pick is `good[random % #good]`.
         #[test]
         fn picks_are_always_good_routable_and_fresh(
-            pods in proptest::collection::btree_map(0u32..50, (0u64..3000, 0u64..60_000, 0u8..3), 0..30),
+            // Small loads and ranges and ages around the window, so the boundaries are hit often.
+            pods in proptest::collection::btree_map(
+                0u32..50,
+                (0u64..40, prop_oneof![0u64..60_000, Just(30_000), Just(30_001)], 0u8..3),
+                0..30,
+            ),
+            range in 0u64..20,
             random in any::<u32>(),
         ) {
+            let policy = SelectionPolicy { range, ..POLICY };
             let s = ServiceSnapshot::from_states(
                 pods.iter().map(|(&i, &(load, age, r))| (i, PodState::new(load, NOW - age, RoutingState::from_ordinal(r).unwrap()))),
-                NOW, POLICY, vec![]);
-            let min_ready = s.routable_pods().map(|i| pods[&i].0).min();
-            match s.pick(random) {
-                Some(p) => {
-                    prop_assert!(s.is_routable(p));
-                    prop_assert!(pods[&p].0 <= min_ready.unwrap() + POLICY.range);
-                }
-                None => prop_assert!(min_ready.is_none()),
-            }
-            // Every good pod can be picked.
-            for (k, &g) in s.good_pods().iter().enumerate() {
-                prop_assert_eq!(s.pick(k as u32), Some(g));
+                NOW, policy, vec![]);
+            let ready: Vec<(u32, u64)> =
+                pods.iter().filter(|(_, (_, age, r))| *r == 0 && *age <= POLICY.window_ms).map(|(&i, &(l, _, _))| (i, l)).collect();
+            let good: Vec<u32> = match ready.iter().map(|&(_, l)| l).min() {
+                Some(min) => ready.iter().filter(|&&(_, l)| l <= min + range).map(|&(i, _)| i).collect(),
+                None => vec![],
+            };
+            prop_assert_eq!(s.good_pods(), good.as_slice());
+            let want = (!good.is_empty()).then(|| good[random as usize % good.len()]);
+            prop_assert_eq!(s.pick(random), want);
+            for (&i, &(_, age, r)) in &pods {
+                let alive = age <= POLICY.window_ms;
+                prop_assert_eq!(s.is_routable(i), alive && r == 0, "pod {}", i);
+                prop_assert_eq!(s.is_available(i), alive && r != 2, "pod {}", i);
             }
         }
     }

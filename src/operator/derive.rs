@@ -532,46 +532,57 @@ mod tests {
 
     #[test]
     fn lifecycle_table_is_exhaustive() {
-        for effective in RoutingState::ALL {
-            for ready in [false, true] {
-                for terminating in [false, true] {
-                    let got = published_routing(effective, ready, terminating);
-                    let want = match (ready, terminating) {
-                        (_, true) => Some(if effective == S { S } else { D }),
-                        (true, false) => Some(effective),
-                        (false, false) => None,
-                    };
-                    assert_eq!(got, want, "effective {effective:?} ready {ready} terminating {terminating}");
-                }
-            }
+        // (effective, ready, terminating) → published; every combination, written out.
+        let table = [
+            (R, false, false, None),
+            (R, true, false, Some(R)),
+            (R, false, true, Some(D)),
+            (R, true, true, Some(D)),
+            (D, false, false, None),
+            (D, true, false, Some(D)),
+            (D, false, true, Some(D)),
+            (D, true, true, Some(D)),
+            (S, false, false, None),
+            (S, true, false, Some(S)),
+            (S, false, true, Some(S)),
+            (S, true, true, Some(S)),
+        ];
+        for (effective, ready, terminating, want) in table {
+            let got = published_routing(effective, ready, terminating);
+            assert_eq!(got, want, "effective {effective:?} ready {ready} terminating {terminating}");
         }
     }
 
     #[test]
     fn most_restrictive_wins_across_spec_override_and_annotation() {
-        let names = [RoutingStateName::Ready, RoutingStateName::DenyNewCall, RoutingStateName::Shutdown];
-        for svc in names {
-            for o in [
-                None,
-                Some(RoutingStateName::Ready),
-                Some(RoutingStateName::DenyNewCall),
-                Some(RoutingStateName::Shutdown),
-            ] {
+        use RoutingStateName::{DenyNewCall as ND, Ready as NR, Shutdown as NS};
+        // The model, stated differently from the code's `max`: SHUTDOWN if any source asks for
+        // it, else DENY_NEW_CALL if any asks for it, else READY.
+        let model = |sources: &[&str]| {
+            if sources.iter().any(|s| s.eq_ignore_ascii_case("shutdown")) {
+                S
+            } else if sources.iter().any(|s| matches!(*s, "DenyNewCall" | "DENY_NEW_CALL")) {
+                D
+            } else {
+                R
+            }
+        };
+        let name = |n: RoutingStateName| match n {
+            NR => "Ready",
+            ND => "DenyNewCall",
+            NS => "Shutdown",
+        };
+        for svc in [NR, ND, NS] {
+            for o in [None, Some(NR), Some(ND), Some(NS)] {
                 for ann in [None, Some("Ready"), Some("DenyNewCall"), Some("Shutdown"), Some("SHUTDOWN")] {
                     let anns: Vec<(&str, &str)> = ann.map(|a| (ANNOTATION_ROUTING, a)).into_iter().collect();
                     let d = derive(
-                        &spec(svc, vec![over(0, o, None)].into_iter().filter(|_| o.is_some()).collect()),
+                        &spec(svc, o.map(|o| over(0, Some(o), None)).into_iter().collect()),
                         1,
                         &[pod(0, true, false, &anns)],
                     );
-                    let mut want = RoutingState::from(svc);
-                    if let Some(o) = o {
-                        want = want.max(o.into());
-                    }
-                    if let Some(a) = ann {
-                        want = want.max(a.parse().unwrap());
-                    }
-                    assert_eq!(d.publish[&0].routing, want, "svc {svc:?} override {o:?} annotation {ann:?}");
+                    let sources: Vec<&str> = [Some(name(svc)), o.map(name), ann].into_iter().flatten().collect();
+                    assert_eq!(d.publish[&0].routing, model(&sources), "svc {svc:?} override {o:?} annotation {ann:?}");
                     assert!(d.findings.is_empty());
                 }
             }

@@ -67,8 +67,13 @@ pub enum Error {
     },
 }
 
+/// Every value [`Error::metric_label`] returns, plus `event` (a failed Event write, which never
+/// fails a reconcile): the bounded label set of `routestate_reconcile_errors_total{kind}`.
+pub const METRIC_LABELS: [&str; 9] =
+    ["kube", "redis", "key", "finalizer", "incomplete_object", "not_leader", "config", "io", "event"];
+
 impl Error {
-    /// A short, bounded label for metrics (`errors_total{kind=...}`).
+    /// A short, bounded label for metrics (`errors_total{kind=...}`), one of [`METRIC_LABELS`].
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",
@@ -95,3 +100,30 @@ impl Error {
 
 /// The operator's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_label_is_in_the_bounded_set() {
+        let io = || std::io::Error::other("x");
+        let errors = [
+            Error::Kube { op: "x".into(), source: kube::Error::LinesCodecMaxLineLengthExceeded },
+            Error::Redis { op: "GET", key: "k".into(), source: redis::RedisError::from(io()) },
+            Error::Key { what: "x".into(), source: KeyError::Empty { what: "namespace" } },
+            Error::Finalizer(Box::new(kube::runtime::finalizer::Error::UnnamedObject)),
+            Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(Error::NotLeader("x")))),
+            Error::Incomplete { kind: "RouteState", name: "x".into(), field: "metadata.namespace" },
+            Error::NotLeader("x"),
+            Error::Config("x".into()),
+            Error::Io { what: "x".into(), source: io() },
+        ];
+        let labels: Vec<&str> = errors.iter().map(Error::metric_label).collect();
+        assert_eq!(
+            labels,
+            ["kube", "redis", "key", "finalizer", "not_leader", "incomplete_object", "not_leader", "config", "io"]
+        );
+        assert!(labels.iter().all(|l| METRIC_LABELS.contains(l)), "{labels:?} vs {METRIC_LABELS:?}");
+    }
+}

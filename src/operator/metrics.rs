@@ -72,6 +72,14 @@ impl Default for Metrics {
         registry.register("redis_publish_errors", "Failed Redis publish ticks", publish_errors.clone());
         registry.register("published_pods", "Pods currently published, by routing state", published_pods.clone());
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        // Children of the bounded label sets exist from the start, at 0: a query or an alert on
+        // them has a series before the first error, and `rate()` sees the first increase.
+        for kind in super::error::METRIC_LABELS {
+            let _ = errors.get_or_create(&KindLabels { kind: kind.to_owned() });
+        }
+        for state in RoutingState::ALL {
+            let _ = published_pods.get_or_create(&RoutingLabels { routing: state.wire_name().to_owned() });
+        }
         Self {
             registry,
             reconciles,
@@ -139,6 +147,10 @@ mod tests {
         m.set_published([2, 1, 0]);
         m.leader.set(1);
         let text = m.render();
+        for kind in crate::operator::error::METRIC_LABELS.into_iter().filter(|k| *k != "redis") {
+            let zero = format!("routestate_reconcile_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&zero), "missing {zero:?} in\n{text}");
+        }
         for name in [
             "routestate_reconciles_total 1",
             "routestate_reconcile_errors_total{kind=\"redis\"} 1",

@@ -159,24 +159,38 @@ async fn kubectl_get_describe_explain_and_wait() {
     assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
     let metrics = http_get(addr, "/metrics").await;
     let readme = std::fs::read_to_string(support::cli::repo_root().join("README.md")).unwrap();
-    // Rows look like "| `routestate_<name>{labels}` | meaning |".
-    let documented: Vec<(&str, bool)> = readme
+    // Rows look like "| `routestate_<name>{label,label}` | meaning |". Every documented metric
+    // is served from the start, a labelled one with each documented label (the operator creates
+    // the children of its bounded label sets up front, so a dashboard or an alert on them has a
+    // series before the first event).
+    let documented: Vec<(String, Vec<String>)> = readme
         .lines()
         .filter_map(|l| l.strip_prefix("| `routestate_"))
         .map(|rest| {
-            let name = rest.split(['`', '{']).next().unwrap();
-            (name, rest[name.len()..].starts_with('{'))
+            let cell = rest.split('`').next().unwrap();
+            let (name, labels) = cell.split_once('{').unwrap_or((cell, ""));
+            let labels = labels.trim_end_matches('}').split(',').map(str::trim).filter(|l| !l.is_empty());
+            (name.to_owned(), labels.map(str::to_owned).collect())
         })
         .collect();
     assert!(documented.len() >= 5, "README documents too few metrics: {documented:?}");
-    for (name, labelled) in documented {
+    assert!(documented.iter().any(|(_, l)| !l.is_empty()), "README documents no labelled metric: {documented:?}");
+    let samples: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
+    for (name, labels) in &documented {
         let full = format!("routestate_{name}");
-        // prometheus-client writes a labelled family only once it has a child (e.g. the
-        // first error of a kind); unlabelled metrics are always there.
-        if labelled && !metrics.contains(&format!("{full}{{")) {
-            continue;
+        // A histogram is served as its _bucket, _count and _sum series.
+        let series = |l: &&&str| {
+            let base = l.split([' ', '{']).next().unwrap_or_default();
+            base == full || ["_bucket", "_count", "_sum"].iter().any(|s| base.strip_suffix(s) == Some(full.as_str()))
+        };
+        let served: Vec<&&str> = samples.iter().filter(series).collect();
+        assert!(!served.is_empty(), "README metric {full} is not served:\n{metrics}");
+        for label in labels {
+            assert!(
+                served.iter().any(|l| l.contains(&format!("{label}=\""))),
+                "README metric {full} is not served with label {label}: {served:?}"
+            );
         }
-        assert!(metrics.contains(&full), "README metric {full} is not served:\n{metrics}");
     }
 
     // Delete the RouteStates while the operator runs, so their finalizers do not block the

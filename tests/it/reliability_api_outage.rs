@@ -1,8 +1,11 @@
-//! API server outage (issue 6, item 2), on a private control plane (`hack/cluster.sh up` in a
-//! folder of its own, so the shared cluster is never touched): RouteStates and pods change, the
-//! kube-apiserver is stopped for 20 s, the operator keeps heartbeating what it knows, and once the
-//! API server is back Redis shows the true state within two periods and later changes flow again
-//! (the watches resumed). No panic: the operator's task ends cleanly on shutdown.
+//! API server outage on a private control plane (`hack/cluster.sh up` in a folder of its own,
+//! so the shared cluster is never touched). The operator reaches the API server through a
+//! [`TcpProxy`], and the outage has two layers: the proxy is cut (the operator loses the API
+//! server) and the kube-apiserver itself is stopped for 20 s. The operator keeps heartbeating
+//! what it knows. Then the API server comes back while the operator is still cut off, and the
+//! RouteStates and pods change: changes the operator can only learn after its own return. Once
+//! the proxy is restored, Redis shows them within a generous deadline, and later changes flow
+//! too (the watches resumed). No panic: the operator's task ends cleanly on shutdown.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,7 @@ use routestate::{
 use crate::{
     reliability_redis_outage::{SERVICES, all_published, create_services, start_operator_on},
     support::{
-        faults::{PrivateCluster, http_get},
+        faults::{PrivateCluster, TcpProxy, http_get},
         operator::install_crd,
         wait_for,
     },
@@ -39,7 +42,7 @@ fn redis_now(conn: &mut redis::Connection) -> u64 {
     s * 1000 + us / 1000
 }
 
-/// The state the API objects call for after the pre-outage changes.
+/// The state the API objects call for after the changes made during the outage.
 fn converged(conn: &mut redis::Connection, ns: &str) -> Result<(), String> {
     let (a, b, g) = (states(conn, ns, "alpha"), states(conn, ns, "beta"), states(conn, ns, "gamma"));
     let ok = a.get(&1).map(|p| (p.routing, p.weighted_load)) == Some((RoutingState::Ready, 50))
@@ -48,16 +51,29 @@ fn converged(conn: &mut redis::Connection, ns: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("alpha {a:?} beta {b:?} gamma {g:?}")) }
 }
 
-/// Also requires a change made after the API server is back to reach Redis within 30 s (the
-/// watches resumed). Measured 161 s before the operator capped its watch backoff, 19.5 s after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_apiserver_stopped_for_20s() {
-    api_outage(Some(Duration::from_secs(30))).await;
+/// Retries an API call while a restarted API server settles (its first requests may be refused).
+async fn settled<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what} after the restart: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: the API server did not come back: {e}"),
+        }
+    }
 }
 
-/// The outage; with `resume_within`, also requires a change made after the API server is back
-/// to reach Redis within that time.
-async fn api_outage(resume_within: Option<Duration>) {
+/// The deadlines below are liveness bounds, generous on purpose (a loaded CI machine); the
+/// measured times are printed and recorded in docs/reliability.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_stopped_for_20s() {
     let cluster = PrivateCluster::up();
     let client = cluster.client().await;
     install_crd(&client).await;
@@ -66,7 +82,8 @@ async fn api_outage(resume_within: Option<Duration>) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &nsobj).await.unwrap();
     let mut conn = redis::Client::open(cluster.redis_url()).unwrap().get_connection().unwrap();
 
-    let operator = start_operator_on(&client, ns, cluster.redis_url()).await;
+    let mut proxy = TcpProxy::start(cluster.api_addr().await).await;
+    let operator = start_operator_on(&cluster.client_via(proxy.addr).await, ns, cluster.redis_url()).await;
     let addr = operator.http_addr().unwrap();
     create_services(&client, ns, PERIOD_SECS).await;
     wait_for("every state and workload published", Duration::from_secs(60), || {
@@ -75,16 +92,7 @@ async fn api_outage(resume_within: Option<Duration>) {
     })
     .await;
 
-    // Changes just before the stop: a spec override, a routing annotation, a load annotation.
-    let rs_api: Api<RouteState> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({"spec": {"pods": [{"index": 0, "routingState": "DenyNewCall"}]}});
-    rs_api.patch("beta", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let patch = serde_json::json!({"metadata": {"annotations": {"routestate.dev/routing-state": "Shutdown"}}});
-    pods.patch("gamma-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let patch = serde_json::json!({"metadata": {"annotations": {"routestate.dev/load": "50", "routestate.dev/waiting-tasks": "50"}}});
-    pods.patch("alpha-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-
+    proxy.cut().await;
     cluster.stop("kube-apiserver");
     let stopped = Instant::now();
     // During the outage the operator keeps heartbeating from its caches: sample freshness every
@@ -105,44 +113,49 @@ async fn api_outage(resume_within: Option<Duration>) {
     }
     assert!(samples >= 5);
 
+    // The API server is back, the operator still cut off: these changes are made while it
+    // cannot see them — a spec override, a routing annotation, a load annotation.
     cluster.start("kube-apiserver");
+    let rs_api: Api<RouteState> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pp = PatchParams::default();
+    let drain = Patch::Merge(serde_json::json!({"spec": {"pods": [{"index": 0, "routingState": "DenyNewCall"}]}}));
+    settled("patching RouteState beta", || rs_api.patch("beta", &pp, &drain)).await;
+    let shutdown =
+        Patch::Merge(serde_json::json!({"metadata": {"annotations": {"routestate.dev/routing-state": "Shutdown"}}}));
+    settled("annotating gamma-0", || pods.patch("gamma-0", &pp, &shutdown)).await;
+    let load = Patch::Merge(
+        serde_json::json!({"metadata": {"annotations": {"routestate.dev/load": "50", "routestate.dev/waiting-tasks": "50"}}}),
+    );
+    settled("annotating alpha-1", || pods.patch("alpha-1", &pp, &load)).await;
+    // Redis cannot show them yet: otherwise the convergence below would prove nothing.
+    let before = converged(&mut conn, ns);
+    assert!(before.is_err(), "Redis shows changes the operator cannot have seen");
+
+    proxy.restore().await;
     let back = Instant::now();
-    wait_for("Redis converged to the API's state", Duration::from_secs(u64::from(2 * PERIOD_SECS)), || {
+    wait_for("Redis converged to the changes made during the outage", Duration::from_secs(60), || {
         let r = converged(&mut conn, ns);
         async move { r }
     })
     .await;
     let converged_in = back.elapsed();
-
     eprintln!(
-        "MEASURED api outage ({OUTAGE:?}): converged {converged_in:?} after the API server was back (period {PERIOD_SECS} s)"
+        "MEASURED api outage ({OUTAGE:?} stopped, then changes while cut off): converged {converged_in:?} \
+         after the operator could reach the API server again (period {PERIOD_SECS} s)"
     );
-    if let Some(bound) = resume_within {
-        // The watches resumed: a change made now reaches Redis.
-        let patch = serde_json::json!({"spec": {"pods": [{"index": 0, "routingState": "DenyNewCall"}, {"index": 1, "routingState": "Shutdown"}]}});
-        let patched = loop {
-            // The first requests after a restart may still be refused while the API server settles.
-            match rs_api.patch("beta", &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => break Instant::now(),
-                Err(e) if back.elapsed() < Duration::from_secs(30) => {
-                    eprintln!("patch after restart: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("the API server did not come back: {e}"),
-            }
-        };
-        wait_for("a post-outage change in Redis (watches resumed)", bound, || {
-            let s = states(&mut conn, ns, "beta");
-            async move {
-                if s.get(&1).map(|p| p.routing) == Some(RoutingState::Shutdown) {
-                    Ok(())
-                } else {
-                    Err(format!("{s:?}"))
-                }
-            }
-        })
-        .await;
-        eprintln!("MEASURED a change made after the API outage reached Redis in {:?}", patched.elapsed());
-    }
+
+    // The watches resumed: a change made now reaches Redis.
+    let patch = serde_json::json!({"spec": {"pods": [{"index": 0, "routingState": "DenyNewCall"}, {"index": 1, "routingState": "Shutdown"}]}});
+    rs_api.patch("beta", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let patched = Instant::now();
+    wait_for("a post-outage change in Redis (watches resumed)", Duration::from_secs(60), || {
+        let s = states(&mut conn, ns, "beta");
+        async move {
+            if s.get(&1).map(|p| p.routing) == Some(RoutingState::Shutdown) { Ok(()) } else { Err(format!("{s:?}")) }
+        }
+    })
+    .await;
+    eprintln!("MEASURED a change made after the API outage reached Redis in {:?}", patched.elapsed());
     operator.shutdown().await.expect("the operator shut down cleanly (no panic)");
 }

@@ -144,9 +144,13 @@ async fn links_are_restricted_to_the_local_namespace(store: Store) {
         "{err}"
     );
     assert!(err.to_string().contains("elsewhere") && err.to_string().contains(&ns), "{err}");
-    assert!(d.try_set_linked_pod("elsewhere", "u", "game", 0).await.is_err());
-    assert!(d.remove_linked_pod("elsewhere", "u", "game", 0).await.is_err());
-    assert!(d.remove_linked_pod_with_id("elsewhere", "u", "game", 0, 0).await.is_err());
+    let not_local = |r: Result<(), ServerError>| {
+        matches!(r, Err(ServerError::NotLocalNamespace { requested, local }) if requested == "elsewhere" && local == ns)
+    };
+    assert!(not_local(d.try_set_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "try-set");
+    assert!(not_local(d.remove_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "remove");
+    assert!(not_local(d.remove_linked_pod_with_id("elsewhere", "u", "game", 0, 0).await.map(drop)), "remove-with-id");
+    assert!(not_local(d.get_linked_pod("elsewhere", "u", "game").await.map(drop)), "get");
 
     assert_eq!(d.set_linked_pod(&ns, "u", "game", 0).await.unwrap(), None);
     assert_eq!(

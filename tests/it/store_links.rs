@@ -226,11 +226,25 @@ async fn connection_errors_name_the_server_but_never_the_password() {
 
 #[tokio::test]
 async fn password_option_overrides_the_url() {
-    // The test Redis has no password: a wrong one must be sent (and refused), proving it is used.
-    let opts =
-        RedisOptions { password: Some("wrong-secret".into()), ..RedisOptions::standalone(crate::support::redis_url()) };
-    let err = Store::connect(&opts).await.unwrap_err().to_string();
-    assert!(!err.contains("wrong-secret"), "{err}");
+    use crate::support::faults::{PrivateRedis, RedisSpec};
+    let redis = PrivateRedis::start_with(RedisSpec { password: Some("right-secret".into()), ..Default::default() });
+    let with = |url: String, password: Option<&str>| RedisOptions {
+        password: password.map(str::to_owned),
+        ..RedisOptions::standalone(url)
+    };
+    // A wrong password in the URL, the right one as the option: the option is used.
+    let store = Store::connect(&with(format!("redis://:wrong-secret@127.0.0.1:{}", redis.port), Some("right-secret")))
+        .await
+        .unwrap_or_else(|e| panic!("the option's password was not used: {e}"));
+    store.server_time_ms().await.unwrap();
+    // The right password in the URL, a wrong one as the option: refused by AUTH, so the option
+    // really replaced it; the error says so and does not show the password.
+    let err = Store::connect(&with(format!("redis://:right-secret@127.0.0.1:{}", redis.port), Some("wrong-secret")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("WRONGPASS") || err.contains("authentication failed"), "not an AUTH error: {err}");
+    assert!(!err.contains("wrong-secret") && !err.contains("right-secret"), "{err}");
 }
 
 #[tokio::test]

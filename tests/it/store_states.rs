@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use redis::AsyncCommands;
 use routestate::{
     core::{Keys, PodState, RoutingState, SelectionPolicy, ServiceSnapshot},
-    store::{LinkTtl, PickParams, Placement, Store},
+    store::{LinkTtl, PickParams, Placement, Store, StoreError},
 };
 
 use crate::support::unique_name;
@@ -253,7 +253,8 @@ async fn state_hash_round_trip(store: Store) {
     assert!(read.now_ms >= before && read.now_ms < before + 5_000, "{} vs {before}", read.now_ms);
     assert!(store.remove_pod_state(&ns, SVC, 0).await.unwrap());
     assert!(store.read_service(&ns, SVC).await.unwrap().entries.is_empty());
-    assert!(store.set_update_period(&ns, SVC, 0).await.is_err());
+    let zero = store.set_update_period(&ns, SVC, 0).await;
+    assert!(matches!(zero, Err(StoreError::InvalidArgument { op: "set_update_period", .. })), "{zero:?}");
 
     // Many services in one pipelined call (spread over slots, and nodes on the cluster).
     let services: Vec<(String, Vec<(u32, PodState)>)> = (0..20)

@@ -282,11 +282,30 @@ impl PrivateCluster {
         &self.env["REDIS_URL"]
     }
 
-    /// A kube client for this cluster.
-    pub async fn client(&self) -> kube::Client {
+    async fn config(&self) -> kube::Config {
         use kube::config::{KubeConfigOptions, Kubeconfig};
         let kc = Kubeconfig::read_from(self.kubeconfig()).expect("reading the private kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap()
+    }
+
+    /// A kube client for this cluster.
+    pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).unwrap()
+    }
+
+    /// The API server's address (host:port of the kubeconfig's server URL).
+    pub async fn api_addr(&self) -> std::net::SocketAddr {
+        let url = self.config().await.cluster_url;
+        let authority = url.authority().expect("the API server URL has a host and port").as_str().to_owned();
+        authority.parse().unwrap_or_else(|e| panic!("API server address {authority}: {e}"))
+    }
+
+    /// A kube client for this cluster that reaches the API server through `via` (a [`TcpProxy`]
+    /// in front of [`PrivateCluster::api_addr`]); the server certificate is for 127.0.0.1, so TLS
+    /// still verifies.
+    pub async fn client_via(&self, via: std::net::SocketAddr) -> kube::Client {
+        let mut cfg = self.config().await;
+        cfg.cluster_url = format!("https://{via}").parse().unwrap();
         kube::Client::try_from(cfg).unwrap()
     }
 
@@ -355,4 +374,71 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A TCP forwarder in front of a server that a test can cut and restore: cutting closes the
+/// listening socket and every forwarded connection, so the client sees the server vanish
+/// (connections reset, new ones refused) while the server itself keeps running for everyone
+/// else — a network partition between one client and its server. Restoring listens again on the
+/// same port. Cut on drop.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    /// Forwards a free loopback port to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let addr = listener.local_addr().unwrap();
+        Self { addr, target, task: Some(tokio::spawn(Self::serve(listener, target))) }
+    }
+
+    async fn serve(listener: tokio::net::TcpListener, target: std::net::SocketAddr) {
+        // Dropping the JoinSet (when this task is aborted) aborts every forwarding task, which
+        // closes both sockets of each connection.
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            connections.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }
+
+    /// Closes the port and every forwarded connection.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again (retrying while the old socket is still being released).
+    pub async fn restore(&mut self) {
+        assert!(self.task.is_none(), "the proxy is not cut");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("re-binding the proxy on {}: {e}; retrying", self.addr);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("re-binding the proxy on {}: {e}", self.addr),
+            }
+        };
+        self.task = Some(tokio::spawn(Self::serve(listener, self.target)));
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
