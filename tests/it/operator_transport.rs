@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
-use kube::{
-    Api,
-    api::PostParams,
-    runtime::watcher,
-};
+use kube::{Api, api::PostParams, runtime::watcher};
 use routestate::{
     core::RoutingState,
     operator::{AnnotationTransport, RouteState},

@@ -114,7 +114,8 @@ async fn library_works_over_tls_with_a_password_and_never_shows_it() {
         // A warning the library logs (a garbage entry in a uid's link hash): the positive
         // control that the capture below sees the library's events at all.
         let hash = routestate::core::Keys::link_hash(&ns, "u-garbage").unwrap();
-        let _: () = redis::cmd("HSET").arg(&hash).arg("svc").arg("not-a-pod").query_async(&mut store.conn()).await.unwrap();
+        let _: () =
+            redis::cmd("HSET").arg(&hash).arg("svc").arg("not-a-pod").query_async(&mut store.conn()).await.unwrap();
         assert!(store.get_link_services(&ns, "u-garbage").await.unwrap().is_empty());
     }
 

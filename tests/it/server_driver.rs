@@ -144,9 +144,7 @@ async fn links_are_restricted_to_the_local_namespace(store: Store) {
         "{err}"
     );
     assert!(err.to_string().contains("elsewhere") && err.to_string().contains(&ns), "{err}");
-    let not_local = |r: Result<(), ServerError>| {
-        matches!(r, Err(ServerError::NotLocalNamespace { requested, local }) if requested == "elsewhere" && local == ns)
-    };
+    let not_local = |r: Result<(), ServerError>| matches!(r, Err(ServerError::NotLocalNamespace { requested, local }) if requested == "elsewhere" && local == ns);
     assert!(not_local(d.try_set_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "try-set");
     assert!(not_local(d.remove_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "remove");
     assert!(not_local(d.remove_linked_pod_with_id("elsewhere", "u", "game", 0, 0).await.map(drop)), "remove-with-id");
