@@ -11,12 +11,12 @@ help: ## list targets
 test: ## everything, unit to end-to-end: starts the local cluster + Redis if needed, stops what it started
 	hack/test.sh
 
-unit: ## pure unit tests only (no cluster)
-	cargo test --lib
+unit: ## unit tests only (no cluster): the pure core crate and the library's own
+	cargo test --workspace --lib
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt: ## format the code
 	cargo fmt --all

@@ -33,11 +33,11 @@ trap cleanup EXIT
 
 step "lint"
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "unit and integration tests"
 # Library, binary, integration and doc tests (benches are compiled by clippy above and run by `make bench`).
-cargo test --locked
+cargo test --workspace --locked
 
 step "library examples"
 # The runnable examples of the client and server roles, against the test Redis (own namespace).

@@ -9,7 +9,9 @@
 
 pub mod cli;
 pub mod client;
-pub mod core;
+/// The pure core, a crate of its own (`core/`), re-exported so the whole API stays under
+/// `routestate::`.
+pub use routestate_core as core;
 pub mod operator;
 pub mod server;
 pub mod store;

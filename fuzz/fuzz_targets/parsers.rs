@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use routestate::core::{PodState, SelectionPolicy, ServiceSnapshot, Workload};
+use routestate_core::{PodState, SelectionPolicy, ServiceSnapshot, Workload};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -75,7 +75,7 @@ fn parse_decimal(s: &str) -> Option<u64> {
 }
 
 /// Keeps error messages bounded when a hash holds a huge garbage value.
-pub(crate) fn truncate(value: &str) -> String {
+pub fn truncate(value: &str) -> String {
     const MAX: usize = 80;
     if value.len() <= MAX {
         return value.to_owned();
