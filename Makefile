@@ -58,11 +58,14 @@ chart-lint: ## helm lint (strict) and render the chart
 image: ## build the container image routestate:dev (needs a Docker engine; none runs on the team machines)
 	docker build -t routestate:dev .
 
-# --- reliability (issue 6): soak and fuzz; both start what they need privately ---
-.PHONY: soak fuzz
+# --- reliability: soak, fuzz and mutation testing; each starts what it needs privately ---
+.PHONY: soak fuzz mutants
 
 soak: ## 10 minutes of churn (pod deletions, RouteState patches, Redis restarts) on a private cluster, invariants checked continuously
 	hack/soak.sh
 
 fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 20) each; needs nightly, installs cargo-fuzz if missing
 	hack/fuzz.sh
+
+mutants: ## mutation testing of the pure code (cargo-mutants; by hand, about 30 min): see docs/mutation-testing.md
+	hack/mutants.sh

@@ -44,7 +44,7 @@ step "library examples"
 EXAMPLE_NAMESPACE="example-$$" cargo run --locked -q --example client
 EXAMPLE_NAMESPACE="example-$$" cargo run --locked -q --example server
 
-# --- fuzz (issue 6): every codec fuzz target for a bounded time; fails if nightly is missing ---
+# --- fuzz: every codec fuzz target for a bounded time; fails if nightly is missing ---
 step "fuzz targets (${FUZZ_SECONDS:-20}s each)"
 hack/fuzz.sh
 # --- end fuzz ---

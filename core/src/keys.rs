@@ -119,6 +119,9 @@ mod tests {
         let err = Keys::link_hash("n", "a}b").unwrap_err();
         assert!(err.to_string().contains("uid \"a}b\""), "{err}");
         assert!(matches!(Keys::link_hash("n", &"x".repeat(600)), Err(KeyError::TooLong { .. })));
+        // The limit is inclusive.
+        assert!(Keys::link_hash("n", &"x".repeat(MAX_PART_LEN)).is_ok());
+        assert!(matches!(Keys::link_hash("n", &"x".repeat(MAX_PART_LEN + 1)), Err(KeyError::TooLong { .. })));
     }
 
     #[test]

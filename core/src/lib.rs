@@ -36,3 +36,14 @@ pub const DEFAULT_CPU_FACTOR: f64 = 0.7;
 pub fn staleness_window_ms(update_period_secs: u32) -> u64 {
     u64::from(update_period_secs) * 1000 * STALENESS_PERIODS
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_staleness_window_is_three_periods_in_milliseconds() {
+        assert_eq!(super::staleness_window_ms(10), 30_000);
+        assert_eq!(super::staleness_window_ms(1), 3_000);
+        assert_eq!(super::staleness_window_ms(0), 0);
+        assert_eq!(super::staleness_window_ms(u32::MAX), u64::from(u32::MAX) * 3_000);
+    }
+}

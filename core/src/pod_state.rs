@@ -148,6 +148,26 @@ mod tests {
     }
 
     #[test]
+    fn the_length_limit_is_inclusive() {
+        // 64 bytes: a load padded with leading zeros.
+        let at_limit = format!("{}-1-0", "0".repeat(MAX_STATE_LEN - 4));
+        assert_eq!(at_limit.len(), MAX_STATE_LEN);
+        assert_eq!(PodState::parse(&at_limit), Ok(PodState::new(0, 1, RoutingState::Ready)));
+        let over = format!("0{at_limit}");
+        assert!(PodState::parse(&over).unwrap_err().to_string().contains("too long"));
+    }
+
+    #[test]
+    fn truncation_cuts_at_a_char_boundary_below_the_limit() {
+        // Byte 80 falls inside the first 'é' (bytes 79..81): the cut moves back to 79.
+        let value = format!("{}{}", "a".repeat(79), "é".repeat(10));
+        assert_eq!(truncate(&value), format!("{}…(99 bytes)", "a".repeat(79)));
+        assert_eq!(truncate("short"), "short");
+        let exactly = "b".repeat(80);
+        assert_eq!(truncate(&exactly), exactly);
+    }
+
+    #[test]
     fn freshness_uses_the_window_inclusively() {
         let s = PodState::new(0, 10_000, RoutingState::Ready);
         assert!(s.is_fresh(10_000, 0));

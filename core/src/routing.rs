@@ -123,6 +123,11 @@ mod tests {
     }
 
     #[test]
+    fn display_is_the_wire_name() {
+        assert_eq!(RoutingState::ALL.map(|s| s.to_string()), ["READY", "DENY_NEW_CALL", "SHUTDOWN"]);
+    }
+
+    #[test]
     fn bad_ordinals_are_rejected_with_the_input() {
         for bad in ["3", "-1", "", "00", " 0", "READY", "1.0"] {
             let err = RoutingState::parse_ordinal(bad).unwrap_err();

@@ -106,6 +106,12 @@ mod tests {
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
         assert!(matches!(Workload::parse(&" ".repeat(5000)), Err(WorkloadError::TooLong { len: 5000 })));
+        // The limit is inclusive: a valid workload padded to exactly the limit parses.
+        let encoded = sample().encode();
+        let padded = format!("{encoded:<width$}", width = MAX_WORKLOAD_LEN);
+        assert_eq!(Workload::parse(&padded).unwrap(), sample());
+        let over = format!("{padded} ");
+        assert!(matches!(Workload::parse(&over), Err(WorkloadError::TooLong { len }) if len == MAX_WORKLOAD_LEN + 1));
     }
 
     proptest! {
