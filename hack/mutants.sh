@@ -21,6 +21,7 @@ if ! cargo mutants --version >/dev/null 2>&1; then
   echo "mutants: installing cargo-mutants (cargo install --locked cargo-mutants)" >&2
   cargo install --locked cargo-mutants >&2
 fi
+mkdir -p "$OUT/core" "$OUT/operator"
 status=0
 if [[ $part == all || $part == core ]]; then
   cargo mutants --package routestate-core --output "$OUT/core" -- --lib || status=$?
