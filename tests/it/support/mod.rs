@@ -11,6 +11,7 @@ use std::{
 
 pub mod cli;
 pub mod faults;
+pub mod links_workload;
 pub mod operator;
 pub mod store;
 
