@@ -13,6 +13,7 @@ pub mod cli;
 pub mod faults;
 pub mod links_workload;
 pub mod operator;
+pub mod redis_ha;
 pub mod store;
 
 use k8s_openapi::api::core::v1::Namespace;
