@@ -25,6 +25,7 @@ mod reliability_bad_input;
 mod reliability_failover;
 mod reliability_links;
 mod reliability_persistence;
+mod reliability_redis_failover;
 mod reliability_redis_outage;
 mod reliability_restart;
 mod reliability_security;

@@ -307,6 +307,23 @@ impl ReplicatedCluster {
         None
     }
 
+    /// The slot ranges the master on `port` serves.
+    pub fn slots_of(&self, port: u16) -> Vec<(u16, u16)> {
+        let n = self.nodes.iter().find(|n| n.is_running()).expect("a running node");
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut n.cli()).unwrap();
+        let mut out = Vec::new();
+        for range in slots {
+            let redis::Value::Array(parts) = range else { continue };
+            if let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi)), Some(redis::Value::Array(m))) =
+                (parts.first(), parts.get(1), parts.get(2))
+                && m.get(1) == Some(&redis::Value::Int(i64::from(port)))
+            {
+                out.push((*lo as u16, *hi as u16));
+            }
+        }
+        out
+    }
+
     /// SIGKILLs the master owning `slot`; returns its port.
     pub fn kill_master_of(&mut self, slot: u16) -> u16 {
         let port = self.master_of(slot).expect("no master owns the slot");
