@@ -132,6 +132,27 @@ async fn helm_lint_passes_for_default_and_full_values() {
         None,
     )
     .await;
+    // Redis behind Sentinel, with the sentinels' own password.
+    ok(
+        "helm",
+        &[
+            "lint",
+            "--strict",
+            chart,
+            "--set",
+            "redis.urls={rediss://redis-node-0.redis-headless:26379,rediss://redis-node-1.redis-headless:26379}",
+            "--set",
+            "redis.sentinel.masterName=mymaster",
+            "--set",
+            "redis.sentinel.existingSecret.name=redis-sentinel-auth",
+            "--set",
+            "redis.existingSecret.name=redis-auth",
+            "--set",
+            "redis.tls.caSecret.name=redis-ca",
+        ],
+        None,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -147,6 +168,8 @@ async fn schema_rejects_typos_and_password_values() {
         ("securityContext.runAsRoot=true", "runAsRoot"),
         ("logFormat=xml", "logFormat"),
         ("redis.urls={http://x:6379}", "urls"),
+        ("redis.sentinel.master=x", "master"),
+        ("redis.sentinel.password=hunter2", "password"),
     ] {
         let o = run("helm", &["template", "t", chart, "--set", set], None).await;
         assert!(!o.ok, "helm template accepted --set {set}:\n{}", o.stdout);
@@ -162,6 +185,8 @@ async fn schema_rejects_typos_and_password_values() {
         (&["redis.urls={redis://a:1,redis://b:1}"][..], "redis.cluster"),
         (&["leaderElection.renewPeriodSeconds=8"][..], "less than half"),
         (&["redis.tls.caSecret.name=a", "redis.tls.caConfigMap.name=b"][..], "at most one"),
+        (&["redis.cluster=true", "redis.sentinel.masterName=m"][..], "exclude each other"),
+        (&["redis.sentinel.existingSecret.name=s"][..], "masterName is empty"),
     ] {
         let mut args = vec!["template", "t", chart];
         for s in sets {
@@ -307,6 +332,7 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
             "leaderElection.renewPeriodSeconds=5",
             "logFormat=text",
         ][..],
+        &["redis.urls={redis://s0:26379,redis://s1:26379,redis://s2:26379}", "redis.sentinel.masterName=mymaster"][..],
     ] {
         let mut args = rendered_args(sets).await;
         args.push(kubeconfig.to_owned());
@@ -325,6 +351,16 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
     let o = run(bin, &args, None).await;
     assert!(
         o.stderr.contains("reading the Redis password file /etc/routestate/redis-password/password"),
+        "routestate {args:?}:\n{}",
+        o.stderr
+    );
+    // The same for the sentinels' password Secret.
+    let mut args = rendered_args(&["redis.sentinel.masterName=m", "redis.sentinel.existingSecret.name=s"]).await;
+    args.push(kubeconfig.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(bin, &args, None).await;
+    assert!(
+        o.stderr.contains("reading the Redis Sentinel password file /etc/routestate/redis-sentinel-password/password"),
         "routestate {args:?}:\n{}",
         o.stderr
     );
