@@ -180,3 +180,53 @@ async fn the_dataset_epoch_on_a_cluster_lives_with_the_service_state() {
     assert_eq!(watch.check(&store).await.unwrap(), DatasetChange::Lost(DatasetLoss::Empty));
     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_password_protected_master_through_password_protected_sentinels() {
+    use crate::support::{cli::run, faults::TempDir};
+    let (data_pw, sentinel_pw) = ("data-7f3a9c", "sentinel-41be02");
+    let set = tokio::task::block_in_place(|| SentinelSet::start_with(1, Some((data_pw, sentinel_pw))));
+    let dir = TempDir::new("sentinel-pw");
+    let (data_file, sentinel_file) = (dir.path().join("data"), dir.path().join("sentinel"));
+    std::fs::write(&data_file, format!("{data_pw}\n")).unwrap();
+    std::fs::write(&sentinel_file, sentinel_pw).unwrap();
+    // The sentinels' addresses without passwords: both come from the files.
+    let urls = set.sentinels.iter().map(|s| format!("redis://127.0.0.1:{}", s.port)).collect::<Vec<_>>().join(",");
+    let bin = env!("CARGO_BIN_EXE_routestate");
+    let ns = unique_name("cli-sentinel");
+    let target = format!("{ns}/game");
+    let flags = |data: &std::path::Path, sentinel: &std::path::Path| {
+        vec![
+            format!("--redis-url={urls}"),
+            format!("--redis-sentinel-master={}", set.master_name),
+            format!("--redis-password-file={}", data.display()),
+            format!("--redis-sentinel-password-file={}", sentinel.display()),
+        ]
+    };
+    let with = |base: &[&str], extra: Vec<String>| {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(extra);
+        v
+    };
+    let good = flags(&data_file, &sentinel_file);
+    let set_args = with(&["links", "set", &target, "ann", "3", "--persistent"], good.clone());
+    let o = run(bin, &set_args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert!(o.ok, "links set through the sentinels: {}", o.stderr);
+    let get_args = with(&["links", "get", &target, "ann"], good);
+    let o = run(bin, &get_args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert!(o.ok && o.stdout.trim() == "3", "links get: {o:?}");
+
+    // A wrong password for the sentinels or for the data nodes fails, naming the master, and
+    // never shows a password.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    for bad in [flags(&data_file, &wrong), flags(&wrong, &sentinel_file)] {
+        let args = with(&["links", "get", &target, "ann", "--redis-timeout-ms=1500"], bad);
+        let o = run(bin, &args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+        assert!(!o.ok, "a wrong password worked: {o:?}");
+        assert!(o.stderr.contains(&set.master_name), "the error names the master: {}", o.stderr);
+        for pw in [data_pw, sentinel_pw, "not-it"] {
+            assert!(!o.stderr.contains(pw), "a password in the error: {}", o.stderr);
+        }
+    }
+}

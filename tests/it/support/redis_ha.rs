@@ -26,6 +26,8 @@ pub struct RedisNode {
     pub dir: TempDir,
     /// Written before each start (a sentinel rewrites its config file, so it needs one).
     config: Option<String>,
+    /// Its `requirepass`, for [`RedisNode::cli`] and [`RedisNode::url`].
+    password: Option<String>,
 }
 
 /// A free port whose +10000 (a cluster node's bus port) is free as well.
@@ -64,7 +66,11 @@ impl RedisNode {
     }
 
     fn spawn(port: u16, args: Vec<String>, config: Option<String>) -> Self {
-        let mut n = Self { port, args, child: None, dir: TempDir::new("redis-ha"), config };
+        let password = match &config {
+            Some(c) => c.lines().find_map(|l| l.strip_prefix("requirepass ")).map(str::to_owned),
+            None => args.iter().position(|a| a == "--requirepass").and_then(|i| args.get(i + 1)).cloned(),
+        };
+        let mut n = Self { port, args, child: None, dir: TempDir::new("redis-ha"), config, password };
         n.start();
         n
     }
@@ -93,8 +99,12 @@ impl RedisNode {
         });
     }
 
+    /// `redis://[:password@]127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -115,7 +125,7 @@ impl RedisNode {
         self.start();
     }
 
-    /// A synchronous connection (password-less nodes).
+    /// A synchronous connection.
     pub fn cli(&self) -> redis::Connection {
         redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to a private redis")
     }
@@ -148,15 +158,29 @@ impl SentinelSet {
     /// Starts the nodes and sentinels and waits until every sentinel knows every replica and
     /// the two other sentinels (before that a failover cannot reach its quorum).
     pub fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, None)
+    }
+
+    /// Like [`SentinelSet::start`], with `(data nodes' password, sentinels' password)`.
+    pub fn start_with(replicas: usize, auth: Option<(&str, &str)>) -> Self {
         let master_name = "routestate-master".to_owned();
-        let master = RedisNode::data(free_port(), &[]);
+        let auth_args: Vec<&str> =
+            auth.map(|(pw, _)| vec!["--requirepass", pw, "--masterauth", pw]).unwrap_or_default();
+        let master = RedisNode::data(free_port(), &auth_args);
         let mport = master.port.to_string();
         let mut nodes = vec![master];
         for _ in 0..replicas {
-            nodes.push(RedisNode::data(free_port(), &["--replicaof", "127.0.0.1", &mport]));
+            let mut args = vec!["--replicaof", "127.0.0.1", &mport];
+            args.extend(&auth_args);
+            nodes.push(RedisNode::data(free_port(), &args));
         }
+        let extra = auth
+            .map(|(pw, spw)| {
+                format!("sentinel auth-pass {master_name} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n")
+            })
+            .unwrap_or_default();
         let sentinels: Vec<RedisNode> =
-            (0..3).map(|_| RedisNode::sentinel(free_port(), &master_name, nodes[0].port, "")).collect();
+            (0..3).map(|_| RedisNode::sentinel(free_port(), &master_name, nodes[0].port, &extra)).collect();
         let this = Self { master_name, nodes, sentinels };
         this.wait_healthy(replicas, Duration::from_secs(60));
         this
