@@ -225,29 +225,39 @@ impl SentinelConnection {
     }
 }
 
-impl ConnectionLike for SentinelConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let mut resent = false;
-            loop {
-                let (generation, mut conn) = self.connection().await?;
-                let r = conn.req_packed_command(cmd).await;
-                match judge_one(&r) {
-                    Verdict::Keep => return r,
-                    Verdict::Reconnect => {
-                        self.drop_connection(generation);
+impl SentinelConnection {
+    /// Sends through the master's connection; on a refusal by a replica resends once to the
+    /// newly resolved master.
+    async fn send<'a, T>(
+        &'a self,
+        judge: fn(&RedisResult<T>) -> Verdict,
+        send: impl Fn(MultiplexedConnection) -> RedisFuture<'a, T>,
+    ) -> RedisResult<T> {
+        let mut resent = false;
+        loop {
+            let (generation, conn) = self.connection().await?;
+            let r = send(conn).await;
+            match judge(&r) {
+                Verdict::Keep => return r,
+                Verdict::Reconnect => {
+                    self.drop_connection(generation);
+                    return r;
+                }
+                Verdict::Resend => {
+                    self.drop_connection(generation);
+                    if resent {
                         return r;
                     }
-                    Verdict::Resend => {
-                        self.drop_connection(generation);
-                        if resent {
-                            return r;
-                        }
-                        resent = true;
-                    }
+                    resent = true;
                 }
             }
-        })
+        }
+    }
+}
+
+impl ConnectionLike for SentinelConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.send(judge_one, move |mut c| Box::pin(async move { c.req_packed_command(cmd).await })))
     }
 
     fn req_packed_commands<'a>(
@@ -256,27 +266,9 @@ impl ConnectionLike for SentinelConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let mut resent = false;
-            loop {
-                let (generation, mut conn) = self.connection().await?;
-                let r = conn.req_packed_commands(pipeline, offset, count).await;
-                match judge_many(&r) {
-                    Verdict::Keep => return r,
-                    Verdict::Reconnect => {
-                        self.drop_connection(generation);
-                        return r;
-                    }
-                    Verdict::Resend => {
-                        self.drop_connection(generation);
-                        if resent {
-                            return r;
-                        }
-                        resent = true;
-                    }
-                }
-            }
-        })
+        Box::pin(self.send(judge_many, move |mut c| {
+            Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+        }))
     }
 
     fn get_db(&self) -> i64 {
