@@ -185,7 +185,7 @@ async fn the_dataset_epoch_on_a_cluster_lives_with_the_service_state() {
 async fn the_cli_reaches_a_password_protected_master_through_password_protected_sentinels() {
     use crate::support::{cli::run, faults::TempDir};
     let (data_pw, sentinel_pw) = ("data-7f3a9c", "sentinel-41be02");
-    let set = tokio::task::block_in_place(|| SentinelSet::start_with(1, Some((data_pw, sentinel_pw))));
+    let set = tokio::task::block_in_place(|| SentinelSet::start_with(1, Some((data_pw, sentinel_pw)), None));
     let dir = TempDir::new("sentinel-pw");
     let (data_file, sentinel_file) = (dir.path().join("data"), dir.path().join("sentinel"));
     std::fs::write(&data_file, format!("{data_pw}\n")).unwrap();
@@ -229,4 +229,34 @@ async fn the_cli_reaches_a_password_protected_master_through_password_protected_
             assert!(!o.stderr.contains(pw), "a password in the error: {}", o.stderr);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_with_passwords_follows_a_failover() {
+    use routestate::store::SentinelOptions;
+    let tls = crate::support::faults::TlsFiles::new();
+    let (data_pw, sentinel_pw) = ("tls-data-5d21", "tls-sentinel-9e07");
+    let mut set = tokio::task::block_in_place(|| SentinelSet::start_with(1, Some((data_pw, sentinel_pw)), Some(&tls)));
+    let opts = RedisOptions {
+        urls: set.sentinels.iter().map(|s| s.plain_url()).collect(),
+        password: Some(data_pw.into()),
+        ca_file: Some(tls.ca_cert.clone()),
+        sentinel: Some(SentinelOptions { master: set.master_name.clone(), password: Some(sentinel_pw.into()) }),
+        ..opts(RedisOptions::standalone(""))
+    };
+    assert!(opts.urls.iter().all(|u| u.starts_with("rediss://")), "{:?}", opts.urls);
+    let store =
+        Store::connect(&opts).await.unwrap_or_else(|e| panic!("connecting over TLS through the sentinels: {e}"));
+    let ns = unique_name("sentinel-tls");
+    store.with_durability(REPLICATED).set_linked_pod(&ns, "ann", "game", 6, LinkTtl::Persistent).await.unwrap();
+    tokio::task::block_in_place(|| set.kill_master());
+    wait_for("a write over TLS after the failover", Duration::from_secs(60), || async {
+        store.set_linked_pod(&ns, "ben", "game", 1, LinkTtl::Persistent).await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(store.get_linked_pod(&ns, "ann", "game").await.unwrap(), Some(6));
+    // Without the CA the sentinels' certificate is not trusted: a clear error, no password.
+    let err = Store::connect(&RedisOptions { ca_file: None, ..opts.clone() }).await.unwrap_err().to_string();
+    assert!(err.contains(&set.master_name), "{err}");
+    assert!(!err.contains(data_pw) && !err.contains(sentinel_pw), "{err}");
 }

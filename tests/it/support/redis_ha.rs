@@ -11,12 +11,12 @@
 
 use std::{
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use super::faults::{TempDir, free_port, wait_sync};
+use super::faults::{TempDir, TlsFiles, free_port, wait_sync};
 
 /// A `redis-server` (or sentinel) process on a fixed loopback port.
 pub struct RedisNode {
@@ -28,6 +28,25 @@ pub struct RedisNode {
     config: Option<String>,
     /// Its `requirepass`, for [`RedisNode::cli`] and [`RedisNode::url`].
     password: Option<String>,
+    /// The CA of its certificate when it serves TLS only.
+    tls_ca: Option<PathBuf>,
+}
+
+/// `redis-server` arguments for TLS only on `port` with these files; replication (and a
+/// sentinel's connections) over TLS too.
+pub fn tls_args(port: u16, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    [
+        ("port", "0".to_owned()),
+        ("tls-port", port.to_string()),
+        ("tls-cert-file", cert.display().to_string()),
+        ("tls-key-file", key.display().to_string()),
+        ("tls-ca-cert-file", ca.display().to_string()),
+        ("tls-auth-clients", "no".to_owned()),
+        ("tls-replication", "yes".to_owned()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [format!("--{k}"), v])
+    .collect()
 }
 
 /// A free port whose +10000 (a cluster node's bus port) is free as well.
@@ -38,6 +57,14 @@ pub fn free_cluster_port() -> u16 {
             return p;
         }
     }
+}
+
+/// The same settings as sentinel config lines.
+fn tls_config(port: u16, tls: &TlsFiles) -> String {
+    tls_args(port, &tls.ca_cert, &tls.cert, &tls.key)
+        .chunks(2)
+        .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
+        .collect()
 }
 
 impl RedisNode {
@@ -70,7 +97,13 @@ impl RedisNode {
             Some(c) => c.lines().find_map(|l| l.strip_prefix("requirepass ")).map(str::to_owned),
             None => args.iter().position(|a| a == "--requirepass").and_then(|i| args.get(i + 1)).cloned(),
         };
-        let mut n = Self { port, args, child: None, dir: TempDir::new("redis-ha"), config, password };
+        let tls_ca = match &config {
+            Some(c) => c.lines().find_map(|l| l.strip_prefix("tls-ca-cert-file ")).map(PathBuf::from),
+            None => {
+                args.iter().position(|a| a == "--tls-ca-cert-file").and_then(|i| args.get(i + 1)).map(PathBuf::from)
+            }
+        };
+        let mut n = Self { port, args, child: None, dir: TempDir::new("redis-ha"), config, password, tls_ca };
         n.start();
         n
     }
@@ -99,12 +132,19 @@ impl RedisNode {
         });
     }
 
-    /// `redis://[:password@]127.0.0.1:<port>`.
+    /// `redis[s]://[:password@]127.0.0.1:<port>`.
     pub fn url(&self) -> String {
+        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The URL without the password.
+    pub fn plain_url(&self) -> String {
+        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -127,7 +167,19 @@ impl RedisNode {
 
     /// A synchronous connection.
     pub fn cli(&self) -> redis::Connection {
-        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to a private redis")
+        self.try_cli().expect("connecting to a private redis")
+    }
+
+    fn try_cli(&self) -> redis::RedisResult<redis::Connection> {
+        let client = match &self.tls_ca {
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).unwrap()) };
+                redis::Client::build_with_tls(self.url(), certs)?
+            }
+            None => redis::Client::open(self.url())?,
+        };
+        client.get_connection()
     }
 
     /// The log file, for failure messages.
@@ -158,29 +210,45 @@ impl SentinelSet {
     /// Starts the nodes and sentinels and waits until every sentinel knows every replica and
     /// the two other sentinels (before that a failover cannot reach its quorum).
     pub fn start(replicas: usize) -> Self {
-        Self::start_with(replicas, None)
+        Self::start_with(replicas, None, None)
     }
 
-    /// Like [`SentinelSet::start`], with `(data nodes' password, sentinels' password)`.
-    pub fn start_with(replicas: usize, auth: Option<(&str, &str)>) -> Self {
+    /// Like [`SentinelSet::start`], with `(data nodes' password, sentinels' password)`, and TLS
+    /// only (sentinels, data nodes, replication) with `tls`.
+    pub fn start_with(replicas: usize, auth: Option<(&str, &str)>, tls: Option<&TlsFiles>) -> Self {
         let master_name = "routestate-master".to_owned();
-        let auth_args: Vec<&str> =
-            auth.map(|(pw, _)| vec!["--requirepass", pw, "--masterauth", pw]).unwrap_or_default();
-        let master = RedisNode::data(free_port(), &auth_args);
+        let node = |port: u16, args: &[&str]| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            if let Some((pw, _)) = auth {
+                all.extend(["--requirepass", pw, "--masterauth", pw].map(str::to_owned));
+            }
+            if let Some(tls) = tls {
+                all.extend(tls_args(port, &tls.ca_cert, &tls.cert, &tls.key));
+            }
+            RedisNode::data(port, &all.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let master = node(free_port(), &[]);
         let mport = master.port.to_string();
         let mut nodes = vec![master];
         for _ in 0..replicas {
-            let mut args = vec!["--replicaof", "127.0.0.1", &mport];
-            args.extend(&auth_args);
-            nodes.push(RedisNode::data(free_port(), &args));
+            nodes.push(node(free_port(), &["--replicaof", "127.0.0.1", &mport]));
         }
-        let extra = auth
-            .map(|(pw, spw)| {
-                format!("sentinel auth-pass {master_name} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n")
+        let sentinels: Vec<RedisNode> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let mut extra = auth
+                    .map(|(pw, spw)| {
+                        format!(
+                            "sentinel auth-pass {master_name} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n"
+                        )
+                    })
+                    .unwrap_or_default();
+                if let Some(tls) = tls {
+                    extra.push_str(&tls_config(port, tls));
+                }
+                RedisNode::sentinel(port, &master_name, nodes[0].port, &extra)
             })
-            .unwrap_or_default();
-        let sentinels: Vec<RedisNode> =
-            (0..3).map(|_| RedisNode::sentinel(free_port(), &master_name, nodes[0].port, &extra)).collect();
+            .collect();
         let this = Self { master_name, nodes, sentinels };
         this.wait_healthy(replicas, Duration::from_secs(60));
         this
@@ -191,7 +259,7 @@ impl SentinelSet {
     pub fn wait_healthy(&self, replicas: usize, timeout: Duration) {
         wait_sync("sentinels to know every replica and each other", timeout, || {
             self.sentinels.iter().all(|s| {
-                let Ok(mut c) = redis::Client::open(s.url()).and_then(|c| c.get_connection()) else { return false };
+                let Ok(mut c) = s.try_cli() else { return false };
                 let known_replicas: Vec<Vec<String>> =
                     redis::cmd("SENTINEL").arg("REPLICAS").arg(&self.master_name).query(&mut c).unwrap_or_default();
                 let others: Vec<Vec<String>> =
@@ -216,7 +284,7 @@ impl SentinelSet {
     /// The port of the node the first answering sentinel calls master.
     pub fn master_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
-            let mut c = redis::Client::open(s.url()).and_then(|c| c.get_connection()).ok()?;
+            let mut c = s.try_cli().ok()?;
             let (_, port): (String, u16) =
                 redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master_name).query(&mut c).ok()?;
             Some(port)
