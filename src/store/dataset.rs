@@ -12,15 +12,16 @@
 //! (AOF reload, a promoted replica: the token is still there) from no change at all; it is
 //! reported, never a reason to call data lost.
 //!
-//! [`judge`] is the decision, pure; [`DatasetWatch::check`] is the one round trip around it
-//! that the operator and the server role run every period.
+//! [`judge`] is the decision, pure; [`DatasetWatch::check`] (one service) and
+//! [`Store::check_datasets`] (many, one pipeline per slot) are the round trip around it that the
+//! operator and the server role run every period.
 
-use redis::{
-    Value,
-    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
-};
+use std::collections::BTreeMap;
 
-use super::{RedisConn, Store, StoreError};
+use futures::future::try_join_all;
+use redis::Value;
+
+use super::{Store, StoreError};
 use crate::core::{Keys, keys::hash_slot};
 
 /// The key holding the dataset epoch of `ns`/`svc`.
@@ -150,58 +151,75 @@ impl DatasetWatch {
         self.known.as_ref()
     }
 
-    /// Looks once (one `SET NX GET` of the epoch key and one `INFO server` on the node holding
-    /// it) and remembers what it found. A failed look changes nothing.
+    /// Looks once and remembers what it found (one round trip; see [`Store::check_datasets`]
+    /// for many services at once). A failed look changes nothing.
     pub async fn check(&mut self, store: &Store) -> Result<DatasetChange, StoreError> {
-        let (found, created, run_id) = store.read_epoch(&self.ns, &self.svc).await?;
-        let (change, mark) = judge(self.known.as_ref(), found.as_deref(), &created, run_id.as_deref());
-        self.known = Some(mark);
-        Ok(change)
+        let mut changes = store.check_datasets(std::slice::from_mut(self)).await?;
+        Ok(changes.remove(0))
     }
 }
 
+/// What one look found for one epoch key: the token that was there (`None`: missing, now
+/// created with `created`) and the run_id of the node holding it.
+struct Look {
+    found: Option<String>,
+    created: String,
+    run_id: Option<String>,
+}
+
 impl Store {
-    /// The epoch token of `ns`/`svc` as it was (`None`: missing, now created with the second
-    /// value) and the `run_id` of the server holding it (`None` when INFO could not be read).
-    pub async fn read_epoch(
-        &self,
-        ns: &str,
-        svc: &str,
-    ) -> Result<(Option<String>, String, Option<String>), StoreError> {
-        const OP: &str = "read_epoch";
-        let key = epoch_key(ns, svc)?;
-        let token = new_token();
-        let mut conn = self.conn.clone();
-        let found: Option<Vec<u8>> = self
-            .timed(OP, &key, redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("GET").query_async(&mut conn))
-            .await?;
-        let found = found.map(super::lossy);
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
-        let info = match &mut conn {
-            // INFO goes to one node: on a cluster, the one owning the epoch key's slot.
-            RedisConn::Cluster(c) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
-                    hash_slot(&key),
-                    SlotAddr::Master,
-                )));
-                self.timed(OP, &key, c.route_command(info, route)).await
+    /// Looks at the datasets of many services at once and updates each watch: one pipeline per
+    /// node-slot (`SET <epoch> <token> NX` + `GET <epoch>` per service, then `INFO server`, so
+    /// the run_id is that of the node holding the keys), the slots in parallel. Returns the
+    /// changes in the order of `watches`; on an error no watch changes.
+    pub async fn check_datasets(&self, watches: &mut [DatasetWatch]) -> Result<Vec<DatasetChange>, StoreError> {
+        const OP: &str = "check_datasets";
+        let mut groups: BTreeMap<u16, Vec<(usize, String)>> = BTreeMap::new();
+        for (i, w) in watches.iter().enumerate() {
+            let key = epoch_key(&w.ns, &w.svc)?;
+            let slot = if self.conn.is_cluster() { hash_slot(&key) } else { 0 };
+            groups.entry(slot).or_default().push((i, key));
+        }
+        let looks = try_join_all(groups.values().map(|group| async move {
+            let tokens: Vec<String> = group.iter().map(|_| new_token()).collect();
+            let mut pipe = redis::pipe();
+            for ((_, key), token) in group.iter().zip(&tokens) {
+                pipe.cmd("SET").arg(key).arg(token).arg("NX").cmd("GET").arg(key);
             }
-            other => self.timed(OP, &key, info.query_async::<Value>(other)).await,
-        };
-        let run_id = match info {
-            Ok(Value::BulkString(b)) => parse_run_id(&String::from_utf8_lossy(&b)).map(str::to_owned),
-            Ok(Value::VerbatimString { text, .. }) => parse_run_id(&text).map(str::to_owned),
-            Ok(other) => {
-                tracing::debug!(key, reply = ?other, "INFO server: unexpected reply; run_id unknown");
-                None
+            // Keyless: it follows the pipeline to the node owning the slot above.
+            pipe.cmd("INFO").arg("server");
+            let mut conn = self.conn.clone();
+            let replies: Vec<Value> = self.timed(OP, &group[0].1, pipe.query_async(&mut conn)).await?;
+            let run_id = match replies.last() {
+                Some(Value::BulkString(b)) => parse_run_id(&String::from_utf8_lossy(b)).map(str::to_owned),
+                Some(Value::VerbatimString { text, .. }) => parse_run_id(text).map(str::to_owned),
+                other => {
+                    tracing::debug!(key = group[0].1, reply = ?other, "INFO server: unexpected reply; run_id unknown");
+                    None
+                }
+            };
+            let mut out = Vec::with_capacity(group.len());
+            for (((i, key), token), pair) in group.iter().zip(tokens).zip(replies.chunks(2)) {
+                let (set, get) = (&pair[0], pair.get(1));
+                let now = match get {
+                    Some(Value::BulkString(b)) => super::lossy(b.clone()),
+                    other => return Err(StoreError::reply(OP, key, other)),
+                };
+                // SET … NX answers OK when it created the key, nil when one was there.
+                let found = matches!(set, Value::Nil).then_some(now);
+                out.push((*i, Look { found, created: token, run_id: run_id.clone() }));
             }
-            Err(e) => {
-                tracing::debug!(key, error = %e, "INFO server failed; run_id unknown");
-                None
-            }
-        };
-        Ok((found, token, run_id))
+            Ok::<_, StoreError>(out)
+        }))
+        .await?;
+        let mut changes: Vec<Option<DatasetChange>> = vec![None; watches.len()];
+        for (i, look) in looks.into_iter().flatten() {
+            let w = &mut watches[i];
+            let (change, mark) = judge(w.known.as_ref(), look.found.as_deref(), &look.created, look.run_id.as_deref());
+            w.known = Some(mark);
+            changes[i] = Some(change);
+        }
+        Ok(changes.into_iter().map(|c| c.expect("every watch was looked at")).collect())
     }
 }
 

@@ -179,6 +179,19 @@ async fn the_dataset_epoch_on_a_cluster_lives_with_the_service_state() {
     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
     assert_eq!(watch.check(&store).await.unwrap(), DatasetChange::Lost(DatasetLoss::Empty));
     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+
+    // Many services at once, over several slots: one loss is told apart from the rest.
+    let mut watches: Vec<DatasetWatch> = (0..12).map(|i| DatasetWatch::new(&ns, format!("svc{i}"))).collect();
+    let first = store.check_datasets(&mut watches).await.unwrap();
+    assert!(first.iter().all(|c| *c == DatasetChange::First), "{first:?}");
+    let lost = routestate::store::dataset::epoch_key(&ns, "svc7").unwrap();
+    let _: () = redis::cmd("DEL").arg(&lost).query_async(&mut conn).await.unwrap();
+    let next = store.check_datasets(&mut watches).await.unwrap();
+    for (i, c) in next.iter().enumerate() {
+        let want = if i == 7 { DatasetChange::Lost(DatasetLoss::Empty) } else { DatasetChange::Same };
+        assert_eq!(*c, want, "svc{i}");
+    }
+    assert!(watches.iter().all(|w| w.known().unwrap().run_id.is_some()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
