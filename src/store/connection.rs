@@ -287,9 +287,9 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
     }
 }
 
-/// The crate's Sentinel client for `opts`: the sentinels' addresses and password from their
-/// URLs (or `sentinel.password`), the data nodes' password from `opts.password`, TLS for both
-/// when the sentinel URLs are `rediss://`, with the private CA if one is given.
+/// The crate's Sentinel client for `opts`: the sentinels' addresses, ACL user and password from
+/// their URLs (or `sentinel.password`), the data nodes' password from `opts.password`, TLS for
+/// both when the sentinel URLs are `rediss://`, with the private CA if one is given.
 fn sentinel_client(
     opts: &RedisOptions,
     sentinel: &SentinelOptions,
@@ -299,11 +299,14 @@ fn sentinel_client(
         return Err(StoreError::InvalidArgument { op: "connect", reason: "the Sentinel master name is empty".into() });
     }
     let mut addrs = Vec::new();
-    let mut url_password = None;
+    let (mut url_user, mut url_password) = (None, None);
     for url in &opts.urls {
         let info = connection_info(url, None)?;
         if let Some(pw) = info.redis_settings().password() {
             url_password = Some(pw.to_owned());
+        }
+        if let Some(user) = info.redis_settings().username() {
+            url_user = Some(user.to_owned());
         }
         addrs.push(info.addr().clone());
     }
@@ -316,6 +319,9 @@ fn sentinel_client(
     }
     let invalid = |source| StoreError::InvalidUrl { url: opts.redacted_urls(), source };
     let mut b = SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master).map_err(invalid)?;
+    if let Some(user) = url_user {
+        b = b.set_client_to_sentinel_username(user);
+    }
     if let Some(pw) = sentinel.password.clone().or(url_password) {
         b = b.set_client_to_sentinel_password(pw);
     }
