@@ -105,54 +105,33 @@ fn chart_crds_are_the_generated_crds_byte_for_byte() {
 async fn helm_lint_passes_for_default_and_full_values() {
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();
-    ok("helm", &["lint", "--strict", chart], None).await;
-    ok(
-        "helm",
+    for sets in [
+        &[][..],
         &[
-            "lint",
-            "--strict",
-            chart,
-            "--set",
             "watchNamespace=apps",
-            "--set",
             "redis.urls={rediss://a:6379,rediss://b:6379}",
-            "--set",
             "redis.cluster=true",
-            "--set",
             "redis.existingSecret.name=redis-auth",
-            "--set",
             "redis.tls.caConfigMap.name=redis-ca",
-            "--set",
             "metrics.serviceMonitor.enabled=true",
-            "--set",
             "replicaCount=1",
-            "--set",
             "leaderElection.enabled=false",
-        ],
-        None,
-    )
-    .await;
-    // Redis behind Sentinel, with the sentinels' own password.
-    ok(
-        "helm",
+        ][..],
+        // Redis behind Sentinel, with the sentinels' own password.
         &[
-            "lint",
-            "--strict",
-            chart,
-            "--set",
             "redis.urls={rediss://redis-node-0.redis-headless:26379,rediss://redis-node-1.redis-headless:26379}",
-            "--set",
             "redis.sentinel.masterName=mymaster",
-            "--set",
             "redis.sentinel.existingSecret.name=redis-sentinel-auth",
-            "--set",
             "redis.existingSecret.name=redis-auth",
-            "--set",
             "redis.tls.caSecret.name=redis-ca",
-        ],
-        None,
-    )
-    .await;
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        ok("helm", &args, None).await;
+    }
 }
 
 #[tokio::test]
@@ -344,24 +323,21 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
             o.stderr
         );
     }
-    // With the password Secret: the mounted file's path reaches the binary (which reads it first).
-    let mut args = rendered_args(&["redis.existingSecret.name=auth"]).await;
-    args.push(kubeconfig.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run(bin, &args, None).await;
-    assert!(
-        o.stderr.contains("reading the Redis password file /etc/routestate/redis-password/password"),
-        "routestate {args:?}:\n{}",
-        o.stderr
-    );
-    // The same for the sentinels' password Secret.
-    let mut args = rendered_args(&["redis.sentinel.masterName=m", "redis.sentinel.existingSecret.name=s"]).await;
-    args.push(kubeconfig.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run(bin, &args, None).await;
-    assert!(
-        o.stderr.contains("reading the Redis Sentinel password file /etc/routestate/redis-sentinel-password/password"),
-        "routestate {args:?}:\n{}",
-        o.stderr
-    );
+    // With the password Secrets: the mounted file's path reaches the binary (which reads it first).
+    for (sets, read) in [
+        (
+            &["redis.existingSecret.name=auth"][..],
+            "reading the Redis password file /etc/routestate/redis-password/password",
+        ),
+        (
+            &["redis.sentinel.masterName=m", "redis.sentinel.existingSecret.name=s"][..],
+            "reading the Redis Sentinel password file /etc/routestate/redis-sentinel-password/password",
+        ),
+    ] {
+        let mut args = rendered_args(sets).await;
+        args.push(kubeconfig.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(bin, &args, None).await;
+        assert!(o.stderr.contains(read), "routestate {args:?}:\n{}", o.stderr);
+    }
 }
