@@ -48,7 +48,9 @@ pub struct ServerConfig {
     /// How long `stop` keeps the pod in DENY_NEW_CALL before stopping; 5 × period by default.
     pub drain_window: Option<Duration>,
     /// When the pod's link writes count as done ([`Durability::MasterOnly`] by default; with
-    /// replicas, [`Durability::Replicated`] keeps a claim on a user across a failover).
+    /// replicas, [`Durability::Replicated`] keeps a claim on a user across a failover). `WAIT`
+    /// holds the store's connection while it waits, so give a driver with replicated writes a
+    /// [`Store`] of its own.
     pub durability: Durability,
 }
 

@@ -36,7 +36,9 @@ impl Store {
     }
 
     /// The same store (sharing its connection) whose link writes have `durability`: set it once
-    /// for a client, or per call as `store.with_durability(d).set_linked_pod(…)`.
+    /// for a client, or per call as `store.with_durability(d).set_linked_pod(…)`. A replicated
+    /// write's `WAIT` holds the shared connection until the replicas answer, so heavy replicated
+    /// writers are better off with a store of their own ([`Store::connect`]).
     pub fn with_durability(&self, durability: Durability) -> Self {
         Self { durability, ..self.clone() }
     }
