@@ -14,7 +14,11 @@
 //! 3. compute_linked_pod cache hits/s on one core (goal ≥ 5 M/s);
 //! 4. writing 10 000 pod states over 100 services, one HSET per service pipelined, vs
 //!    `redis-benchmark` running the same HSETs (100 fields each) with the same pipeline depth
-//!    (goal ≤ 2 × its time).
+//!    (goal ≤ 2 × its time);
+//! 5. the cost of durable links: persistent try_set_linked_pod on a master with one replica,
+//!    with `Durability::Replicated { replicas: 1 }` (script + WAIT in one pipeline) vs without,
+//!    on one shared connection and on one connection per task (no goal: it is the trade-off
+//!    the README documents).
 
 mod support;
 
@@ -28,7 +32,7 @@ use support::{RedisServer, median};
 use routestate::{
     client::{Client, ClientConfig},
     core::{PodState, RoutingState},
-    store::{LinkTtl, PickParams, RedisOptions, Store},
+    store::{Durability, LinkTtl, PickParams, RedisOptions, Store},
 };
 
 const RUNS: usize = 5;
@@ -43,6 +47,15 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    throughput_of(OPS, op).await
+}
+
+/// ops/s of `op(i)` for i in 0..ops with CONCURRENCY tasks.
+async fn throughput_of<F, Fut>(ops: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let op = Arc::new(op);
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
@@ -50,7 +63,7 @@ where
             let op = op.clone();
             tokio::spawn(async move {
                 let mut i = t;
-                while i < OPS {
+                while i < ops {
                     op(i).await;
                     i += CONCURRENCY;
                 }
@@ -60,7 +73,7 @@ where
     for t in tasks {
         t.await.expect("bench task");
     }
-    OPS as f64 / started.elapsed().as_secs_f64()
+    ops as f64 / started.elapsed().as_secs_f64()
 }
 
 fn report(name: &str, value: f64, unit: &str, limit_name: &str, limit: f64, goal: &str) {
@@ -243,6 +256,49 @@ fn main() {
         limit_time * 1e3,
         ours / limit_time
     );
+
+    // 5. Durable links: the same persistent try_set with and without WAIT, on a master with one
+    // replica; fewer operations per run (a replicated write waits for the replica).
+    let master = RedisServer::start();
+    let replica = RedisServer::replica_of(&master);
+    let opts = RedisOptions::standalone(master.url());
+    let plain = rt.block_on(Store::connect(&opts)).expect("connecting to the bench master");
+    let durable_mode = Durability::Replicated { replicas: 1, timeout: Duration::from_millis(500) };
+    let durable_ops = OPS / 10;
+    let persistent_try_set = |stores: Arc<Vec<Store>>, prefix: &'static str| {
+        move |i: usize| {
+            let s = stores[i % stores.len()].clone();
+            async move {
+                let uid = format!("{prefix}{}", i % 100_000);
+                s.try_set_linked_pod("bench", &uid, "game", (i % 10) as u32, LinkTtl::Persistent)
+                    .await
+                    .expect("try_set_linked_pod");
+            }
+        }
+    };
+    let run = |stores: Vec<Store>, prefix: &'static str| {
+        let stores = Arc::new(stores);
+        median(
+            (0..RUNS)
+                .map(|_| rt.block_on(throughput_of(durable_ops, persistent_try_set(stores.clone(), prefix))))
+                .collect(),
+        )
+    };
+    let own = |d: Durability| {
+        (0..CONCURRENCY)
+            .map(|_| rt.block_on(Store::connect(&opts)).expect("connecting to the bench master").with_durability(d))
+            .collect::<Vec<_>>()
+    };
+    let base = run(vec![plain.clone()], "p");
+    report("try_set persistent, 1 replica, shared conn", base, "ops/s", "itself", base, "(the limit below)");
+    let shared = run(vec![plain.with_durability(durable_mode)], "d");
+    report("  + Replicated{1}, shared connection", shared, "ops/s", "plain", base, "(trade-off)");
+    let base_own = run(own(Durability::MasterOnly), "q");
+    report("try_set persistent, 1 replica, conn per task", base_own, "ops/s", "itself", base_own, "(the limit below)");
+    let spread = run(own(durable_mode), "e");
+    report("  + Replicated{1}, connection per task", spread, "ops/s", "plain", base_own, "(trade-off)");
+    drop(replica);
+    drop(master);
     drop(rt);
     drop(redis);
 }

@@ -8,12 +8,17 @@
 //! which hands the reports to the operator through the pod's annotations. Here a transport that
 //! prints stands in for it, which also shows how small the [`StateTransport`] trait is.
 
-use std::{error::Error, time::Duration};
+use std::{
+    error::Error,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use routestate::{
     core::RoutingState,
     server::{
-        CancellationToken, ServerConfig, ServerDriver, ServerReport, StateTransport, StopOutcome, TransportError,
+        CancellationToken, OwnedLink, ServerConfig, ServerDriver, ServerReport, StateTransport, StopOutcome,
+        TransportError,
     },
     store::{RedisOptions, Store},
 };
@@ -38,13 +43,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut config = ServerConfig::new(&ns, "game", 2);
     config.drain_window = Some(Duration::from_millis(500));
     let driver = ServerDriver::new(store, PrintTransport, config)?;
+    // The users this pod owns, as the application tracks them. Should Redis come back empty (a
+    // restart without persistence), the driver notices within a period and writes these links
+    // again, set-if-absent, from this list.
+    let owned: Arc<Mutex<Vec<OwnedLink>>> = Arc::default();
+    driver.on_data_loss_reassert({
+        let owned = owned.clone();
+        move || owned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    });
     driver.start().await?;
     driver.set_load_state(250).await?;
     driver.set_waiting_tasks(4).await?;
 
     // Claim a user for this pod: a persistent link, which clients never move elsewhere.
     let previous = driver.set_linked_pod(&ns, "dave", "game", 2).await?;
+    owned.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedLink::new("dave", "game"));
     println!("dave linked to game-2 (previous: {previous:?})");
+    // What the background task does every period: is this still the dataset the pod knew?
+    println!("dataset check: {:?}", driver.check_dataset().await?);
     // Another pod cannot steal it.
     let other = driver.try_set_linked_pod(&ns, "dave", "game", 0).await?;
     println!("try-set dave -> game-0: {other:?}");
@@ -56,6 +72,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // Release the user, then drain: DENY_NEW_CALL for the drain window, then stop.
     driver.remove_linked_pod(&ns, "dave", "game", 0).await?;
+    owned.lock().unwrap_or_else(|e| e.into_inner()).clear();
     driver.set_routing_state(RoutingState::DenyNewCall).await?;
     let outcome = driver.stop(&CancellationToken::new()).await?;
     println!("stopped: {outcome:?}");

@@ -20,9 +20,28 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A replica of `master` (replication without a disk round trip or a start delay).
+    pub fn replica_of(master: &RedisServer) -> Self {
+        let port = master.port.to_string();
+        let r = Self::start_with(&["--replicaof", "127.0.0.1", &port, "--repl-diskless-load", "on-empty-db"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !r.cli(&["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "replica on port {} did not sync within 30 s", r.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// A server with extra `redis-server` arguments.
+    pub fn start_with(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("starting redis-server (is it installed?)");

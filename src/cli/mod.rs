@@ -44,7 +44,8 @@ pub enum Command {
 /// How to reach Redis (shared by every command that uses it).
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (redis:// or rediss://); repeat or comma-separate for Redis Cluster seed nodes.
+    /// Redis URL (redis:// or rediss://); repeat or comma-separate for Redis Cluster seed nodes,
+    /// or for the sentinels with --redis-sentinel-master.
     #[arg(long = "redis-url", env = "REDIS_URL", value_delimiter = ',', required = true)]
     pub urls: Vec<String>,
     /// The URLs are seed nodes of a Redis Cluster.
@@ -60,26 +61,37 @@ pub struct RedisArgs {
     #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = DEFAULT_OP_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
+    /// Redis behind Sentinel: the master's name; --redis-url then lists the sentinels.
+    #[arg(long = "redis-sentinel-master", env = "REDIS_SENTINEL_MASTER", conflicts_with = "cluster")]
+    pub sentinel_master: Option<String>,
+    /// File holding the sentinels' password (overrides a password in the sentinel URLs).
+    #[arg(long = "redis-sentinel-password-file", env = "REDIS_SENTINEL_PASSWORD_FILE", requires = "sentinel_master")]
+    pub sentinel_password_file: Option<PathBuf>,
+}
+
+fn read_password(what: &str, path: &Option<PathBuf>) -> Result<Option<String>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?;
+    Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
 impl RedisArgs {
-    /// The store options; reads the password file.
+    /// The store options; reads the password files.
     pub fn options(&self) -> Result<RedisOptions, String> {
-        let password = match &self.password_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading the Redis password file {}: {e}", path.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
+        let sentinel = match &self.sentinel_master {
+            Some(master) => Some(crate::store::SentinelOptions {
+                master: master.clone(),
+                password: read_password("Redis Sentinel password", &self.sentinel_password_file)?,
+            }),
             None => None,
         };
         Ok(RedisOptions {
             urls: self.urls.clone(),
             cluster: self.cluster,
-            password,
+            password: read_password("Redis password", &self.password_file)?,
             ca_file: self.ca_file.clone(),
             op_timeout: Duration::from_millis(self.timeout_ms),
+            sentinel,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The server role for code running inside a stateful pod: its load and routing state (each
 //! change handed to a [`StateTransport`]), the links of the users it owns (restricted to its own
-//! namespace), and start / graceful stop.
+//! namespace, written with the configured [`Durability`]), re-asserting those links when Redis
+//! lost its data, and start / graceful stop.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ServerReport, StateTransport, TransportError};
 use crate::{
     core::{DEFAULT_UPDATE_PERIOD_SECS, Keys, RoutingState},
-    store::{LinkTtl, Store, StoreError, TrySetOutcome},
+    store::{DatasetChange, DatasetWatch, Durability, LinkTtl, Store, StoreError, TrySetOutcome},
 };
 
 /// An error of the server role.
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     pub update_period: Duration,
     /// How long `stop` keeps the pod in DENY_NEW_CALL before stopping; 5 × period by default.
     pub drain_window: Option<Duration>,
+    /// When the pod's link writes count as done ([`Durability::MasterOnly`] by default; with
+    /// replicas, [`Durability::Replicated`] keeps a claim on a user across a failover). `WAIT`
+    /// holds the store's connection while it waits, so give a driver with replicated writes a
+    /// [`Store`] of its own.
+    pub durability: Durability,
 }
 
 impl ServerConfig {
@@ -57,6 +63,7 @@ impl ServerConfig {
             pod_index,
             update_period: Duration::from_secs(u64::from(DEFAULT_UPDATE_PERIOD_SECS)),
             drain_window: None,
+            durability: Durability::MasterOnly,
         }
     }
 
@@ -64,6 +71,36 @@ impl ServerConfig {
     pub fn drain_window(&self) -> Duration {
         self.drain_window.unwrap_or(self.update_period * 5)
     }
+}
+
+/// A persistent link the pod owns: the user `uid` linked to this pod for service `svc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedLink {
+    /// The user.
+    pub uid: String,
+    /// The service the link is for.
+    pub svc: String,
+}
+
+impl OwnedLink {
+    /// The link of `uid` for `svc`.
+    pub fn new(uid: impl Into<String>, svc: impl Into<String>) -> Self {
+        Self { uid: uid.into(), svc: svc.into() }
+    }
+}
+
+/// The application's list of the persistent links it owns, asked for after a data loss.
+pub type OwnedLinks = Arc<dyn Fn() -> Vec<OwnedLink> + Send + Sync>;
+
+/// What [`ServerDriver::reassert_links`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReassertReport {
+    /// Links that point to this pod now (written again, or still there).
+    pub linked: usize,
+    /// Links another pod holds now (left as they are): (uid, svc, pod).
+    pub taken: Vec<(String, String, u32)>,
+    /// Links that could not be written (the errors were logged).
+    pub failed: usize,
 }
 
 /// How [`ServerDriver::stop`] ended.
@@ -86,6 +123,9 @@ struct Inner<T> {
     dirty: Mutex<bool>,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+    owned_links: Mutex<Option<OwnedLinks>>,
+    dataset: tokio::sync::Mutex<DatasetWatch>,
+    last_reassert: Mutex<Option<ReassertReport>>,
 }
 
 /// The server driver; clone it freely.
@@ -113,6 +153,9 @@ impl<T: StateTransport> ServerDriver<T> {
         if config.update_period.is_zero() {
             return Err(ServerError::Config("update_period must be > 0".into()));
         }
+        config.durability.check("server config", store.op_timeout()).map_err(|e| ServerError::Config(e.to_string()))?;
+        let store = store.with_durability(config.durability);
+        let dataset = tokio::sync::Mutex::new(DatasetWatch::new(&config.namespace, &config.service));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -123,6 +166,9 @@ impl<T: StateTransport> ServerDriver<T> {
                 dirty: Mutex::new(false),
                 stop: CancellationToken::new(),
                 task: Mutex::new(None),
+                owned_links: Mutex::new(None),
+                dataset,
+                last_reassert: Mutex::new(None),
             }),
         })
     }
@@ -150,6 +196,10 @@ impl<T: StateTransport> ServerDriver<T> {
             if task.is_none() {
                 *task = Some(tokio::spawn(retry_loop(self.inner.clone())));
             }
+        }
+        // Learn the dataset now, so a loss within the first period is noticed too.
+        if let Err(e) = check_dataset(&self.inner).await {
+            tracing::debug!(ns = self.inner.config.namespace, error = %e, "checking the Redis dataset failed; next period");
         }
         tracing::info!(
             ns = self.inner.config.namespace,
@@ -291,11 +341,88 @@ impl<T: StateTransport> ServerDriver<T> {
         Ok(removed)
     }
 
+    /// Registers the hook that lists the persistent links this pod owns. Every period the
+    /// driver checks whether Redis still holds the dataset it knew (the service's epoch key,
+    /// see [`DatasetWatch`]); when it came back empty or as another dataset, the driver asks the
+    /// hook and re-asserts each link with set-if-absent ([`ServerDriver::reassert_links`]).
+    pub fn on_data_loss_reassert(&self, owned: impl Fn() -> Vec<OwnedLink> + Send + Sync + 'static) {
+        *self.inner.owned_links.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(owned));
+    }
+
+    /// Writes each of `links` to this pod persistently unless a link exists (set-if-absent:
+    /// a link another pod or a client wrote since the loss is left alone and reported).
+    pub async fn reassert_links(&self, links: &[OwnedLink]) -> ReassertReport {
+        reassert(&self.inner, links).await
+    }
+
+    /// What the last automatic re-assertion did, if one ran.
+    pub fn last_reassert(&self) -> Option<ReassertReport> {
+        self.inner.last_reassert.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Looks at the dataset now (the background task does it every period) and, when it was
+    /// lost, re-asserts the owned links. Returns what the look found.
+    pub async fn check_dataset(&self) -> Result<DatasetChange, ServerError> {
+        Ok(check_dataset(&self.inner).await?)
+    }
+
     /// The uid's link, persistent or temporary.
     pub async fn get_linked_pod(&self, ns: &str, uid: &str, svc: &str) -> Result<Option<u32>, ServerError> {
         let ns = self.ns(ns)?;
         Ok(self.inner.store.get_linked_pod(ns, uid, svc).await?)
     }
+}
+
+async fn reassert<T: StateTransport>(inner: &Inner<T>, links: &[OwnedLink]) -> ReassertReport {
+    let cfg = &inner.config;
+    let mut report = ReassertReport::default();
+    for l in links {
+        let r =
+            inner.store.set_linked_pod_if_absent(&cfg.namespace, &l.uid, &l.svc, cfg.pod_index, LinkTtl::Persistent);
+        match r.await {
+            // The script returns the pod linked now; it cannot tell "was there" from "written",
+            // but a link to this pod is what the owner wants either way.
+            Ok(pod) if pod == cfg.pod_index => report.linked += 1,
+            Ok(pod) => report.taken.push((l.uid.clone(), l.svc.clone(), pod)),
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(ns = cfg.namespace, uid = l.uid, svc = l.svc, error = %e, "re-asserting a persistent link failed");
+            }
+        }
+    }
+    report
+}
+
+async fn check_dataset<T: StateTransport>(inner: &Inner<T>) -> Result<DatasetChange, StoreError> {
+    let change = inner.dataset.lock().await.check(&inner.store).await?;
+    let cfg = &inner.config;
+    match &change {
+        DatasetChange::Lost(loss) => {
+            let hook = inner.owned_links.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let links = hook.map(|h| h()).unwrap_or_default();
+            tracing::warn!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, %loss, links = links.len(), "Redis lost its data; re-asserting the persistent links this pod owns");
+            let report = reassert(inner, &links).await;
+            tracing::info!(
+                ns = cfg.namespace,
+                svc = cfg.service,
+                pod = cfg.pod_index,
+                ?report,
+                "persistent links re-asserted"
+            );
+            *inner.last_reassert.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        }
+        DatasetChange::Restarted { previous, current } => {
+            tracing::info!(
+                ns = cfg.namespace,
+                svc = cfg.service,
+                previous,
+                current,
+                "Redis restarted or failed over with its data"
+            );
+        }
+        DatasetChange::First | DatasetChange::Same => {}
+    }
+    Ok(change)
 }
 
 async fn publish<T: StateTransport>(inner: &Inner<T>, report: ServerReport) -> Result<(), ServerError> {
@@ -316,6 +443,9 @@ async fn retry_loop<T: StateTransport>(inner: Arc<Inner<T>>) {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        if let Err(e) = check_dataset(&inner).await {
+            tracing::debug!(ns = inner.config.namespace, svc = inner.config.service, error = %e, "checking the Redis dataset failed; next period");
         }
         if !*inner.dirty.lock().unwrap_or_else(|e| e.into_inner()) {
             continue;

@@ -4,6 +4,6 @@
 pub mod driver;
 pub mod transport;
 
-pub use driver::{ServerConfig, ServerDriver, ServerError, StopOutcome};
+pub use driver::{OwnedLink, OwnedLinks, ReassertReport, ServerConfig, ServerDriver, ServerError, StopOutcome};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{ServerReport, StateTransport, TransportError};

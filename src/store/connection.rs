@@ -1,12 +1,15 @@
-//! Connecting to Redis: standalone (through a reconnecting [`ConnectionManager`]) or Redis
-//! Cluster (through the redis crate's async cluster client), plain `redis://` or TLS `rediss://`
-//! with an optional private CA, an optional password and per-operation timeouts.
+//! Connecting to Redis: standalone (through a reconnecting [`ConnectionManager`]), Redis
+//! Cluster (through the redis crate's async cluster client) or the master of a Sentinel-monitored
+//! Redis (through [`SentinelConnection`], which follows failovers), plain `redis://` or TLS
+//! `rediss://` with an optional private CA, an optional password and per-operation timeouts.
 //!
 //! Final signatures (others depend on them):
 //! ```text
 //! pub struct RedisOptions { urls: Vec<String>, cluster: bool, password: Option<String>,
-//!                           ca_file: Option<PathBuf>, op_timeout: Duration }
-//! #[derive(Clone)] pub enum RedisConn { Single(ConnectionManager), Cluster(ClusterConnection) }
+//!                           ca_file: Option<PathBuf>, op_timeout: Duration,
+//!                           sentinel: Option<SentinelOptions> }
+//! #[derive(Clone)] pub enum RedisConn { Single(ConnectionManager), Cluster(ClusterConnection),
+//!                                       Sentinel(SentinelConnection) }
 //! impl redis::aio::ConnectionLike for RedisConn
 //! pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError>;
 //! pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError>;
@@ -15,13 +18,17 @@
 use std::{fmt, path::PathBuf, time::Duration};
 
 use redis::{
-    Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value,
+    Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, TlsMode, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
+    sentinel::{SentinelClientBuilder, SentinelServerType},
 };
 
-use super::error::{StoreError, redact_url};
+use super::{
+    error::{StoreError, redact_url},
+    sentinel::{SentinelConnection, SentinelParams},
+};
 
 /// How to reach Redis.
 #[derive(Clone)]
@@ -36,6 +43,28 @@ pub struct RedisOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// Limit for connecting and for every single operation.
     pub op_timeout: std::time::Duration,
+    /// Redis behind Sentinel: `urls` are then the sentinels, and the master is found (and
+    /// followed across failovers) through them.
+    pub sentinel: Option<SentinelOptions>,
+}
+
+/// Reaching the master of a Sentinel-monitored Redis. The sentinels are `RedisOptions::urls`
+/// (`redis://` or `rediss://`, a password in a URL is the sentinels'); the master and replicas
+/// use TLS when the sentinel URLs do, with the same CA (`RedisOptions::ca_file`), and
+/// `RedisOptions::password`.
+#[derive(Clone)]
+pub struct SentinelOptions {
+    /// The master's name in the sentinels' configuration (`sentinel monitor <name> …`).
+    pub master: String,
+    /// The sentinels' password (their `requirepass`), when not given in the URLs.
+    pub password: Option<String>,
+}
+
+impl SentinelOptions {
+    /// The master `master`, sentinels without a password (or with it in their URLs).
+    pub fn new(master: impl Into<String>) -> Self {
+        Self { master: master.into(), password: None }
+    }
 }
 
 /// Reconnection attempts per round after the connection to a standalone server is lost.
@@ -49,7 +78,24 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 impl RedisOptions {
     /// Options for one standalone server URL with the default timeout.
     pub fn standalone(url: impl Into<String>) -> Self {
-        Self { urls: vec![url.into()], cluster: false, password: None, ca_file: None, op_timeout: DEFAULT_OP_TIMEOUT }
+        Self {
+            urls: vec![url.into()],
+            cluster: false,
+            password: None,
+            ca_file: None,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            sentinel: None,
+        }
+    }
+
+    /// Options for the master `master` of a Sentinel-monitored Redis, given the sentinels' URLs,
+    /// with the default timeout.
+    pub fn sentinel(urls: impl IntoIterator<Item = impl Into<String>>, master: impl Into<String>) -> Self {
+        Self {
+            urls: urls.into_iter().map(Into::into).collect(),
+            sentinel: Some(SentinelOptions::new(master)),
+            ..Self::standalone("")
+        }
     }
 
     /// Options for a Redis Cluster given its seed URLs, with the default timeout.
@@ -60,6 +106,7 @@ impl RedisOptions {
             password: None,
             ca_file: None,
             op_timeout: DEFAULT_OP_TIMEOUT,
+            sentinel: None,
         }
     }
 
@@ -77,6 +124,8 @@ impl fmt::Debug for RedisOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_file", &self.ca_file)
             .field("op_timeout", &self.op_timeout)
+            .field("sentinel_master", &self.sentinel.as_ref().map(|s| &s.master))
+            .field("sentinel_password", &self.sentinel.as_ref().and_then(|s| s.password.as_ref()).map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -89,6 +138,8 @@ pub enum RedisConn {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The master of a Sentinel-monitored Redis, followed across failovers.
+    Sentinel(SentinelConnection),
 }
 
 impl fmt::Debug for RedisConn {
@@ -96,6 +147,7 @@ impl fmt::Debug for RedisConn {
         f.write_str(match self {
             RedisConn::Single(_) => "RedisConn::Single",
             RedisConn::Cluster(_) => "RedisConn::Cluster",
+            RedisConn::Sentinel(_) => "RedisConn::Sentinel",
         })
     }
 }
@@ -112,6 +164,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -124,6 +177,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -131,6 +185,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -166,6 +221,31 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
     }
     let connect_err = |source| StoreError::Connect { url: redacted.clone(), source };
     let timed_out = || StoreError::ConnectTimeout { url: redacted.clone(), timeout: opts.op_timeout };
+    if let Some(sentinel) = &opts.sentinel {
+        if opts.cluster {
+            return Err(StoreError::InvalidArgument {
+                op: "connect",
+                reason: "Sentinel and Redis Cluster exclude each other".into(),
+            });
+        }
+        let client = sentinel_client(opts, sentinel, certs)?;
+        let params = SentinelParams {
+            client,
+            master: sentinel.master.clone(),
+            op_timeout: opts.op_timeout,
+            retries: RECONNECT_RETRIES,
+            max_delay: RECONNECT_MAX_DELAY,
+            db: 0,
+        };
+        let conn = tokio::time::timeout(opts.op_timeout, SentinelConnection::connect(params))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|source| StoreError::Connect {
+                url: format!("master {:?} via sentinels {redacted}", sentinel.master),
+                source,
+            })?;
+        return Ok(RedisConn::Sentinel(conn));
+    }
     if opts.cluster {
         let infos =
             opts.urls.iter().map(|u| connection_info(u, opts.password.as_deref())).collect::<Result<Vec<_>, _>>()?;
@@ -205,6 +285,56 @@ pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError> {
             .map_err(connect_err)?;
         Ok(RedisConn::Single(conn))
     }
+}
+
+/// The crate's Sentinel client for `opts`: the sentinels' addresses, ACL user and password from
+/// their URLs (or `sentinel.password`), the data nodes' password from `opts.password`, TLS for
+/// both when the sentinel URLs are `rediss://`, with the private CA if one is given.
+fn sentinel_client(
+    opts: &RedisOptions,
+    sentinel: &SentinelOptions,
+    certs: Option<TlsCertificates>,
+) -> Result<redis::sentinel::SentinelClient, StoreError> {
+    if sentinel.master.is_empty() {
+        return Err(StoreError::InvalidArgument { op: "connect", reason: "the Sentinel master name is empty".into() });
+    }
+    let mut addrs = Vec::new();
+    let (mut url_user, mut url_password) = (None, None);
+    for url in &opts.urls {
+        let info = connection_info(url, None)?;
+        if let Some(pw) = info.redis_settings().password() {
+            url_password = Some(pw.to_owned());
+        }
+        if let Some(user) = info.redis_settings().username() {
+            url_user = Some(user.to_owned());
+        }
+        addrs.push(info.addr().clone());
+    }
+    let tls: Vec<bool> = addrs.iter().map(|a| matches!(a, ConnectionAddr::TcpTls { .. })).collect();
+    if tls.iter().any(|t| *t != tls[0]) {
+        return Err(StoreError::InvalidArgument {
+            op: "connect",
+            reason: format!("sentinel URLs mix redis:// and rediss://: {}", opts.redacted_urls()),
+        });
+    }
+    let invalid = |source| StoreError::InvalidUrl { url: opts.redacted_urls(), source };
+    let mut b = SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master).map_err(invalid)?;
+    if let Some(user) = url_user {
+        b = b.set_client_to_sentinel_username(user);
+    }
+    if let Some(pw) = sentinel.password.clone().or(url_password) {
+        b = b.set_client_to_sentinel_password(pw);
+    }
+    if let Some(pw) = &opts.password {
+        b = b.set_client_to_redis_password(pw);
+    }
+    if tls[0] {
+        b = b.set_client_to_sentinel_tls_mode(TlsMode::Secure).set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(certs) = certs {
+            b = b.set_client_to_sentinel_certificates(certs.clone()).set_client_to_redis_certificates(certs);
+        }
+    }
+    b.build().map_err(invalid)
 }
 
 /// Redis server time in epoch milliseconds (TIME).

@@ -56,6 +56,13 @@ pub enum StoreError {
     /// Redis answered something the wire contract does not allow.
     #[error("{op} on {key}: unexpected reply {reply}")]
     Reply { op: &'static str, key: String, reply: String },
+    /// A link write with [`crate::store::Durability::Replicated`] ran on the master, but fewer
+    /// replicas than asked confirmed it in time: it is there now, and lost if the master fails
+    /// before a replica has it.
+    #[error(
+        "{op} on {key}: written on the master but confirmed by only {confirmed} of {wanted} replicas within {timeout:?}"
+    )]
+    NotReplicated { op: &'static str, key: String, confirmed: u32, wanted: u32, timeout: Duration },
     /// An argument was rejected before anything was sent.
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument { op: &'static str, reason: String },
@@ -77,6 +84,11 @@ impl StoreError {
             reply.push('…');
         }
         StoreError::Reply { op, key: key.to_owned(), reply }
+    }
+
+    /// Whether a replicated link write ran on the master without enough replicas confirming it.
+    pub fn is_not_replicated(&self) -> bool {
+        matches!(self, StoreError::NotReplicated { .. })
     }
 
     /// Whether the error is a timeout (of a command or of connecting).

@@ -4,9 +4,11 @@
 //! temporary. Every write is one Lua script over both keys (one slot), so it is atomic on
 //! standalone Redis and on Redis Cluster.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use super::{Store, StoreError, scripts};
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind};
+
+use super::{IntoStoreError, Store, StoreError, scripts};
 use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field, staleness_window_ms};
 use futures::future::try_join_all;
 
@@ -41,6 +43,65 @@ impl LinkTtl {
             }
         }
     }
+}
+
+/// When a link write counts as done.
+///
+/// Redis replicates asynchronously: a write the master acknowledged is lost if the master dies
+/// before a replica has it and the replica is promoted. `Replicated` closes that window for the
+/// writes that matter (persistent links, a server's claim on a user) at the price of one replica
+/// round trip per write; see the README's "Redis settings" for the trade-off and its figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Done when the master ran the script, as without replicas.
+    #[default]
+    MasterOnly,
+    /// Done only when `WAIT replicas timeout`, sent right after the script on the same
+    /// connection (one pipeline, on Redis Cluster to the node owning the link's slot), confirms
+    /// at least `replicas` replicas have it. Fewer in time is [`StoreError::NotReplicated`]:
+    /// written on the master, not confirmed. `timeout` must be shorter than the store's
+    /// per-operation timeout.
+    Replicated {
+        /// Replicas that must confirm (≥ 1).
+        replicas: u32,
+        /// How long `WAIT` waits for them (> 0).
+        timeout: Duration,
+    },
+}
+
+impl Durability {
+    /// Rejects a replicated mode that could never be confirmed or would outlive the operation.
+    pub fn check(self, op: &'static str, op_timeout: Duration) -> Result<(), StoreError> {
+        match self {
+            Durability::MasterOnly => Ok(()),
+            Durability::Replicated { replicas, timeout } => {
+                let reason = if replicas == 0 {
+                    Some("replicas must be ≥ 1".to_owned())
+                } else if timeout.as_millis() == 0 {
+                    Some("timeout must be ≥ 1 ms (WAIT 0 waits forever)".to_owned())
+                } else if timeout >= op_timeout {
+                    Some(format!("timeout {timeout:?} must be shorter than the operation timeout {op_timeout:?}"))
+                } else {
+                    None
+                };
+                match reason {
+                    Some(r) => Err(StoreError::InvalidArgument { op, reason: format!("durability {self:?}: {r}") }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// `EVALSHA <sha> <#keys> <keys…>`; the caller appends the arguments.
+pub(crate) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 /// The reply of [`Store::try_set_linked_pod`].
@@ -103,18 +164,64 @@ fn link_keys(op: &'static str, ns: &str, uid: &str, svc: &str) -> Result<LinkKey
 
 impl Store {
     /// Runs a link script with KEYS = [link, link hash] and ARGV = [svc, pod-or-persist, …].
-    async fn link_script<T: redis::FromRedisValue>(
+    async fn link_script<T: FromRedisValue>(
         &self,
         op: &'static str,
-        script: &redis::Script,
+        script: &Script,
         keys: &LinkKeys,
-        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+        args: impl FnOnce(&mut Cmd),
     ) -> Result<T, StoreError> {
-        let mut inv = script.key(&keys.link);
-        inv.key(&keys.hash);
-        args(&mut inv);
+        let mut cmd = evalsha(script, &[&keys.link, &keys.hash]);
+        args(&mut cmd);
+        self.write_link(op, &keys.link, script, cmd).await
+    }
+
+    /// Runs `cmd` (an EVALSHA of `script` that writes the link `key`) with the store's
+    /// [`Durability`], loading the script on NOSCRIPT.
+    pub(crate) async fn write_link<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: &str,
+        script: &Script,
+        cmd: Cmd,
+    ) -> Result<T, StoreError> {
+        let durability = self.durability;
+        durability.check(op, self.op_timeout)?;
         let mut conn = self.conn.clone();
-        self.timed(op, &keys.link, inv.invoke_async(&mut conn)).await
+        let fail = |e: redis::RedisError| e.into_store_error(op, key, self.op_timeout);
+        self.timed(op, key, async move {
+            let Durability::Replicated { replicas, timeout } = durability else {
+                return match cmd.query_async(&mut conn).await {
+                    Err(e) if is_noscript(&e) => {
+                        script.load_async(&mut conn).await.map_err(fail)?;
+                        cmd.query_async(&mut conn).await.map_err(fail)
+                    }
+                    r => r.map_err(fail),
+                };
+            };
+            // One pipeline: WAIT counts the replicas that have every write this connection sent
+            // before it, so it must follow the script on the very same connection.
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd).cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64);
+            let (reply, confirmed): (T, u32) = match pipe.query_async(&mut conn).await {
+                Err(e) if is_noscript(&e) => {
+                    script.load_async(&mut conn).await.map_err(fail)?;
+                    pipe.query_async(&mut conn).await.map_err(fail)?
+                }
+                r => r.map_err(fail)?,
+            };
+            if confirmed < replicas {
+                return Err(StoreError::NotReplicated {
+                    op,
+                    key: key.to_owned(),
+                    confirmed,
+                    wanted: replicas,
+                    timeout,
+                });
+            }
+            Ok(reply)
+        })
+        .await
     }
 
     /// Links (ns, uid, svc) to `pod` unconditionally; returns the previous pod.
@@ -324,16 +431,14 @@ impl Store {
         }
         let state = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
         let meta = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
-        let mut inv = scripts::PICK_AND_LINK.key(&keys.link);
-        inv.key(&keys.hash).key(&state).key(&meta);
+        let mut inv = evalsha(&scripts::PICK_AND_LINK, &[&keys.link, &keys.hash, &state, &meta]);
         inv.arg(svc)
             .arg(params.temp_ttl_secs)
             .arg(params.random)
             .arg(params.range)
             .arg("redis")
             .arg(params.fallback_window_ms);
-        let mut conn = self.conn.clone();
-        let reply: (i64, i64) = self.timed(OP, &keys.link, inv.invoke_async(&mut conn)).await?;
+        let reply: (i64, i64) = self.write_link(OP, &keys.link, &scripts::PICK_AND_LINK, inv).await?;
         placement(OP, &keys.link, reply)
     }
 
@@ -354,8 +459,7 @@ impl Store {
         const OP: &str = "pick_and_link";
         let keys = link_keys(OP, ns, uid, svc)?;
         check_pick(OP, &params)?;
-        let mut inv = scripts::PICK_AND_LINK.key(&keys.link);
-        inv.key(&keys.hash);
+        let mut inv = evalsha(&scripts::PICK_AND_LINK, &[&keys.link, &keys.hash]);
         inv.arg(svc)
             .arg(params.temp_ttl_secs)
             .arg(params.random)
@@ -366,8 +470,7 @@ impl Store {
         for (field, value) in entries {
             inv.arg(field).arg(value);
         }
-        let mut conn = self.conn.clone();
-        let reply: (i64, i64) = self.timed(OP, &keys.link, inv.invoke_async(&mut conn)).await?;
+        let reply: (i64, i64) = self.write_link(OP, &keys.link, &scripts::PICK_AND_LINK, inv).await?;
         placement(OP, &keys.link, reply)
     }
 }

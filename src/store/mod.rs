@@ -6,16 +6,19 @@
 //! [`StoreError`] naming the operation and the key.
 
 pub mod connection;
+pub mod dataset;
 pub mod error;
 pub mod links;
 pub mod scripts;
+pub mod sentinel;
 pub mod states;
 
 use std::{future::Future, time::Duration};
 
-pub use connection::{DEFAULT_OP_TIMEOUT, RedisConn, RedisOptions, connect, server_time_ms};
+pub use connection::{DEFAULT_OP_TIMEOUT, RedisConn, RedisOptions, SentinelOptions, connect, server_time_ms};
+pub use dataset::{DatasetChange, DatasetLoss, DatasetMark, DatasetWatch};
 pub use error::{StoreError, redact_url};
-pub use links::{LinkTtl, PERSIST_FOREVER, PickParams, Placement, TrySetOutcome};
+pub use links::{Durability, LinkTtl, PERSIST_FOREVER, PickParams, Placement, TrySetOutcome};
 pub use states::ServiceStates;
 
 /// A handle on the Redis store: cheap to clone, safe to share between tasks.
@@ -23,12 +26,26 @@ pub use states::ServiceStates;
 pub struct Store {
     conn: RedisConn,
     op_timeout: Duration,
+    durability: Durability,
 }
 
 impl Store {
-    /// Wraps an existing connection.
+    /// Wraps an existing connection; link writes are [`Durability::MasterOnly`].
     pub fn new(conn: RedisConn, op_timeout: Duration) -> Self {
-        Self { conn, op_timeout }
+        Self { conn, op_timeout, durability: Durability::MasterOnly }
+    }
+
+    /// The same store (sharing its connection) whose link writes have `durability`: set it once
+    /// for a client, or per call as `store.with_durability(d).set_linked_pod(…)`. A replicated
+    /// write's `WAIT` holds the shared connection until the replicas answer, so heavy replicated
+    /// writers are better off with a store of their own ([`Store::connect`]).
+    pub fn with_durability(&self, durability: Durability) -> Self {
+        Self { durability, ..self.clone() }
+    }
+
+    /// The durability of this handle's link writes.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Connects with `opts` (see [`connect`]).

@@ -105,33 +105,33 @@ fn chart_crds_are_the_generated_crds_byte_for_byte() {
 async fn helm_lint_passes_for_default_and_full_values() {
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();
-    ok("helm", &["lint", "--strict", chart], None).await;
-    ok(
-        "helm",
+    for sets in [
+        &[][..],
         &[
-            "lint",
-            "--strict",
-            chart,
-            "--set",
             "watchNamespace=apps",
-            "--set",
             "redis.urls={rediss://a:6379,rediss://b:6379}",
-            "--set",
             "redis.cluster=true",
-            "--set",
             "redis.existingSecret.name=redis-auth",
-            "--set",
             "redis.tls.caConfigMap.name=redis-ca",
-            "--set",
             "metrics.serviceMonitor.enabled=true",
-            "--set",
             "replicaCount=1",
-            "--set",
             "leaderElection.enabled=false",
-        ],
-        None,
-    )
-    .await;
+        ][..],
+        // Redis behind Sentinel, with the sentinels' own password.
+        &[
+            "redis.urls={rediss://redis-node-0.redis-headless:26379,rediss://redis-node-1.redis-headless:26379}",
+            "redis.sentinel.masterName=mymaster",
+            "redis.sentinel.existingSecret.name=redis-sentinel-auth",
+            "redis.existingSecret.name=redis-auth",
+            "redis.tls.caSecret.name=redis-ca",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        ok("helm", &args, None).await;
+    }
 }
 
 #[tokio::test]
@@ -147,6 +147,8 @@ async fn schema_rejects_typos_and_password_values() {
         ("securityContext.runAsRoot=true", "runAsRoot"),
         ("logFormat=xml", "logFormat"),
         ("redis.urls={http://x:6379}", "urls"),
+        ("redis.sentinel.master=x", "master"),
+        ("redis.sentinel.password=hunter2", "password"),
     ] {
         let o = run("helm", &["template", "t", chart, "--set", set], None).await;
         assert!(!o.ok, "helm template accepted --set {set}:\n{}", o.stdout);
@@ -162,6 +164,8 @@ async fn schema_rejects_typos_and_password_values() {
         (&["redis.urls={redis://a:1,redis://b:1}"][..], "redis.cluster"),
         (&["leaderElection.renewPeriodSeconds=8"][..], "less than half"),
         (&["redis.tls.caSecret.name=a", "redis.tls.caConfigMap.name=b"][..], "at most one"),
+        (&["redis.cluster=true", "redis.sentinel.masterName=m"][..], "exclude each other"),
+        (&["redis.sentinel.existingSecret.name=s"][..], "masterName is empty"),
     ] {
         let mut args = vec!["template", "t", chart];
         for s in sets {
@@ -307,6 +311,7 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
             "leaderElection.renewPeriodSeconds=5",
             "logFormat=text",
         ][..],
+        &["redis.urls={redis://s0:26379,redis://s1:26379,redis://s2:26379}", "redis.sentinel.masterName=mymaster"][..],
     ] {
         let mut args = rendered_args(sets).await;
         args.push(kubeconfig.to_owned());
@@ -318,14 +323,21 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
             o.stderr
         );
     }
-    // With the password Secret: the mounted file's path reaches the binary (which reads it first).
-    let mut args = rendered_args(&["redis.existingSecret.name=auth"]).await;
-    args.push(kubeconfig.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run(bin, &args, None).await;
-    assert!(
-        o.stderr.contains("reading the Redis password file /etc/routestate/redis-password/password"),
-        "routestate {args:?}:\n{}",
-        o.stderr
-    );
+    // With the password Secrets: the mounted file's path reaches the binary (which reads it first).
+    for (sets, read) in [
+        (
+            &["redis.existingSecret.name=auth"][..],
+            "reading the Redis password file /etc/routestate/redis-password/password",
+        ),
+        (
+            &["redis.sentinel.masterName=m", "redis.sentinel.existingSecret.name=s"][..],
+            "reading the Redis Sentinel password file /etc/routestate/redis-sentinel-password/password",
+        ),
+    ] {
+        let mut args = rendered_args(sets).await;
+        args.push(kubeconfig.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(bin, &args, None).await;
+        assert!(o.stderr.contains(read), "routestate {args:?}:\n{}", o.stderr);
+    }
 }

@@ -61,7 +61,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name }}
 {{- fail "set at most one of redis.tls.caSecret.name and redis.tls.caConfigMap.name" }}
 {{- end }}
-{{- if and (not .Values.redis.cluster) (gt (len .Values.redis.urls) 1) }}
+{{- if and (not .Values.redis.cluster) (not .Values.redis.sentinel.masterName) (gt (len .Values.redis.urls) 1) }}
 {{- fail "redis.urls has several URLs but redis.cluster is false: a standalone Redis takes exactly one URL" }}
+{{- end }}
+{{- if and .Values.redis.cluster .Values.redis.sentinel.masterName }}
+{{- fail "redis.cluster and redis.sentinel.masterName exclude each other: Sentinel watches a master with replicas, not a Redis Cluster" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.existingSecret.name (not .Values.redis.sentinel.masterName) }}
+{{- fail "redis.sentinel.existingSecret.name is set but redis.sentinel.masterName is empty" }}
 {{- end }}
 {{- end }}

@@ -3,18 +3,20 @@
 //!
 //! - [`PrivateRedis`]: a `redis-server` on a free loopback port (no persistence), optionally with
 //!   `requirepass` and TLS; [`PrivateRedis::kill`] SIGKILLs it, [`PrivateRedis::restart`] starts
-//!   it again, empty, on the same port. Killed by PID on drop.
+//!   it again, empty, on the same port. Killed by PID on drop (it is a `redis_ha::RedisNode`).
 //! - [`TlsFiles`]: a self-signed CA and a server certificate for 127.0.0.1, made with openssl.
 //! - [`PrivateCluster`]: a whole control plane + Redis from `hack/cluster.sh up` in a folder of
 //!   its own; `stop`/`start`/`kill` act on that cluster only; `down` runs on drop (also on panic).
 
 use std::{
     collections::HashMap,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+use super::redis_ha::{RedisNode, tls_args};
 
 /// A fresh folder under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -139,12 +141,11 @@ pub struct RedisSpec {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
-/// A private `redis-server` on a free loopback port.
+/// A private `redis-server` on a free loopback port (a [`RedisNode`] without persistence).
 pub struct PrivateRedis {
     pub port: u16,
     spec: RedisSpec,
-    child: Option<Child>,
-    dir: TempDir,
+    node: RedisNode,
 }
 
 impl PrivateRedis {
@@ -154,41 +155,16 @@ impl PrivateRedis {
     }
 
     pub fn start_with(spec: RedisSpec) -> Self {
-        let mut r = Self { port: free_port(), spec, child: None, dir: TempDir::new("redis") };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match &self.spec.tls {
-            Some((ca, cert, key)) => {
-                cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
-                    .arg("--tls-ca-cert-file")
-                    .arg(ca)
-                    .arg("--tls-cert-file")
-                    .arg(cert)
-                    .arg("--tls-key-file")
-                    .arg(key);
-            }
-            None => {
-                cmd.args(["--port", &self.port.to_string()]);
-            }
+        let port = free_port();
+        let mut args = Vec::new();
+        if let Some((ca, cert, key)) = &spec.tls {
+            args.extend(tls_args(port, ca, cert, key));
         }
-        if let Some(pw) = &self.spec.password {
-            cmd.args(["--requirepass", pw]);
+        if let Some(pw) = &spec.password {
+            args.extend(["--requirepass".to_owned(), pw.clone()]);
         }
-        self.child = Some(cmd.spawn().expect("starting redis-server (is it installed?)"));
-        let port = self.port;
-        wait_sync(&format!("private redis-server on port {port}"), Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let node = RedisNode::data(port, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        Self { port, spec, node }
     }
 
     /// `redis://127.0.0.1:<port>` or `rediss://…`, without the password.
@@ -197,38 +173,19 @@ impl PrivateRedis {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// SIGKILL: no shutdown, no goodbye to the clients.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.node.kill();
     }
 
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.node.restart();
     }
 
-    /// A synchronous connection for checks (plain servers only).
+    /// A synchronous connection for checks.
     pub fn cli(&self) -> redis::Connection {
-        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(self.url()).unwrap();
-        if let Some(pw) = &self.spec.password {
-            let s = info.redis_settings().clone().set_password(pw.clone());
-            info = info.set_redis_settings(s);
-        }
-        redis::Client::open(info).and_then(|c| c.get_connection()).expect("connecting to the private redis")
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
+        self.node.cli()
     }
 }
 

@@ -11,7 +11,9 @@ use std::{
 
 pub mod cli;
 pub mod faults;
+pub mod links_workload;
 pub mod operator;
+pub mod redis_ha;
 pub mod store;
 
 use k8s_openapi::api::core::v1::Namespace;
