@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     crd::RouteState,
-    derive::{self, Derived, Finding, PodFacts, PodPublish},
+    derive::{self, Derived, Finding, PodFacts},
     error::{Error, Result},
     metrics::Metrics,
-    publisher::{Publisher, ServicePlan},
+    publisher::Publisher,
 };
-use crate::core::pod_index::POD_INDEX_LABEL;
+use crate::core::{PodPlan, ServicePlan, annotations, pod_index::POD_INDEX_LABEL};
 
 /// The finalizer that makes deleting a RouteState remove its Redis keys first.
 pub const FINALIZER: &str = "routestate.dev/cleanup";
@@ -70,7 +70,7 @@ pub struct Context {
 
 #[derive(Default)]
 struct Seen {
-    publish: Option<BTreeMap<u32, PodPublish>>,
+    publish: Option<BTreeMap<u32, PodPlan>>,
     /// (reason, pod, message) of the findings last reported.
     findings: BTreeSet<(&'static str, String, String)>,
 }
@@ -81,7 +81,7 @@ pub fn trim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(derive::ANNOTATION_PREFIX));
+        a.retain(|k, _| k.starts_with(annotations::PREFIX));
     }
     if let Some(l) = meta.labels.as_mut() {
         l.retain(|k, _| k == POD_INDEX_LABEL);
@@ -414,7 +414,8 @@ async fn reconcile(rs: Arc<RouteState>, ctx: Arc<Context>) -> Result<Action> {
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// The plan for a RouteState and its derivation (`None` when its StatefulSet is missing).
+/// The plan for a RouteState and its derivation (`None` when its StatefulSet is missing: then
+/// the plan publishes no pod).
 fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<(Derived, Vec<Finding>)>) {
     let sts_name = rs.stateful_set_name();
     let service = rs.service_name();
@@ -431,12 +432,9 @@ fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<(D
             .collect();
         (derive::derive(&rs.spec, replicas, &facts), findings)
     });
-    let plan = ServicePlan {
-        namespace: ns.to_owned(),
-        service,
-        period_secs: rs.spec.update_period_seconds.clamp(1, 300),
-        pods: derived.as_ref().map(|(d, _)| d.publish.clone()).unwrap_or_default(),
-        workload: derived.as_ref().and_then(|(d, _)| d.workload.clone()),
+    let plan = match &derived {
+        Some((d, _)) => d.plan(ns, &service, &rs.spec),
+        None => derive::Derived::empty(0).plan(ns, &service, &rs.spec),
     };
     (plan, derived)
 }
