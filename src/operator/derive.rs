@@ -260,6 +260,28 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
     d
 }
 
+/// A RouteState's claim on a Redis service name, for [`service_owner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The RouteState's name.
+    pub name: &'a str,
+    /// Its `metadata.creationTimestamp`.
+    pub created: Option<&'a Time>,
+    /// It is being deleted.
+    pub deleting: bool,
+}
+
+/// Which of the RouteStates of one namespace that name the same Redis service publishes it: the
+/// oldest (by creation time, then by name) among those not being deleted. The others publish
+/// nothing, so two StatefulSets never mix their pods in one state hash.
+pub fn service_owner<'a>(claims: &[Claim<'a>]) -> Option<&'a str> {
+    claims
+        .iter()
+        .filter(|c| !c.deleting)
+        .min_by(|a, b| a.created.map(|t| t.0).cmp(&b.created.map(|t| t.0)).then(a.name.cmp(b.name)))
+        .map(|c| c.name)
+}
+
 /// Routing changes between two publish sets, as the operator expects them: (index, before,
 /// after), `None` = not published.
 pub fn routing_changes(
@@ -355,6 +377,61 @@ pub enum SyncState {
 
 /// The status for a RouteState: `derived` is `None` when its StatefulSet does not exist.
 pub fn compute_status(
+    old: Option<&RouteStateStatus>,
+    generation: Option<i64>,
+    statefulset: &str,
+    service: &str,
+    derived: Option<&Derived>,
+    sync: &SyncState,
+    now: &Time,
+) -> RouteStateStatus {
+    compute_status_with(old, generation, statefulset, service, derived, sync, None, now)
+}
+
+/// [`compute_status`] for a RouteState that may not own its service: with `owner` (the name of
+/// the RouteState that publishes it), Ready is False with reason `ServiceNameConflict` and
+/// nothing is published.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_status_with(
+    old: Option<&RouteStateStatus>,
+    generation: Option<i64>,
+    statefulset: &str,
+    service: &str,
+    derived: Option<&Derived>,
+    sync: &SyncState,
+    owner: Option<&str>,
+    now: &Time,
+) -> RouteStateStatus {
+    let mut status = status_of(old, generation, statefulset, service, derived, sync, now);
+    if let Some(owner) = owner {
+        let conditions = [
+            NewCondition {
+                type_: CONDITION_READY,
+                status: CondStatus::False,
+                reason: "ServiceNameConflict",
+                message: format!(
+                    "service {service} is published by RouteState {owner}, the oldest naming it; this one publishes nothing"
+                ),
+            },
+            NewCondition {
+                type_: CONDITION_REDIS_SYNCED,
+                status: CondStatus::Unknown,
+                reason: "ServiceNameConflict",
+                message: format!("not published: RouteState {owner} owns service {service}"),
+            },
+        ];
+        status.conditions = merge_conditions(&status.conditions, &conditions, generation, now);
+        status.routable_pods = 0;
+        status.draining_pods = 0;
+        status.workload_state = Some("Unknown".into());
+        for pod in &mut status.pods {
+            pod.routing_state = None;
+        }
+    }
+    status
+}
+
+fn status_of(
     old: Option<&RouteStateStatus>,
     generation: Option<i64>,
     statefulset: &str,
@@ -768,6 +845,13 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
 
+    impl<'a> Claim<'a> {
+        fn with(self, secs: Option<i64>) -> Self {
+            // Leaked: a test's handful of timestamps, borrowed for the claim's lifetime.
+            Claim { created: secs.map(|s| &*Box::leak(Box::new(t(s)))), ..self }
+        }
+    }
+
     #[test]
     fn conditions_move_transition_time_only_on_status_change() {
         let c = |status, reason: &'static str, msg: &str| NewCondition {
@@ -823,6 +907,36 @@ mod tests {
         let failed = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Failed("boom".into()), &t(1));
         assert_eq!(cond(&failed, CONDITION_READY), "False");
         assert_eq!(cond(&failed, CONDITION_REDIS_SYNCED), "False");
+    }
+
+    #[test]
+    fn the_oldest_routestate_owns_a_service_name() {
+        let claim = |name, secs: Option<i64>, deleting| Claim { name, created: None, deleting }.with(secs);
+        // The oldest wins; the same second is decided by name; a deleting one never wins.
+        let claims = [claim("b", Some(20), false), claim("a", Some(30), false), claim("c", Some(20), false)];
+        assert_eq!(service_owner(&claims), Some("b"));
+        let claims = [claim("b", Some(20), true), claim("a", Some(30), false), claim("c", Some(20), false)];
+        assert_eq!(service_owner(&claims), Some("c"));
+        assert_eq!(service_owner(&[claim("x", Some(1), true)]), None);
+        assert_eq!(service_owner(&[]), None);
+    }
+
+    #[test]
+    fn a_routestate_that_does_not_own_its_service_says_so_and_publishes_nothing() {
+        let s = spec(RoutingStateName::Ready, vec![]);
+        let d = derive(&s, 1, &[pod(0, true, false, &[])]);
+        let st = compute_status_with(None, Some(1), "web", "game", Some(&d), &SyncState::Pending, Some("old"), &t(1));
+        let ready = st.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ServiceNameConflict"));
+        assert!(
+            ready.message.contains("RouteState old") && ready.message.contains("service game"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            (st.routable_pods, st.workload_state.as_deref(), st.pods[0].routing_state),
+            (0, Some("Unknown"), None)
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub published_pods: Family<RoutingLabels, Gauge>,
     /// 1 while this replica holds the lease (and writes), else 0.
     pub leader: Gauge,
+    /// Times Redis was found to have lost the published data (came back empty, or another
+    /// dataset); each time every service is republished at once.
+    pub data_loss: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +58,7 @@ impl Default for Metrics {
         let publish_errors = Counter::default();
         let published_pods = Family::<RoutingLabels, Gauge>::default();
         let leader = Gauge::default();
+        let data_loss = Counter::default();
         registry.register("reconciles", "RouteState reconciles", reconciles.clone());
         registry.register("reconcile_errors", "RouteState reconcile errors by kind", errors.clone());
         registry.register_with_unit(
@@ -72,6 +76,11 @@ impl Default for Metrics {
         registry.register("redis_publish_errors", "Failed Redis publish ticks", publish_errors.clone());
         registry.register("published_pods", "Pods currently published, by routing state", published_pods.clone());
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        registry.register(
+            "redis_data_loss",
+            "Times Redis lost the published data (came back empty or another dataset); every service is republished",
+            data_loss.clone(),
+        );
         // Children of the bounded label sets exist from the start, at 0: a query or an alert on
         // them has a series before the first error, and `rate()` sees the first increase.
         for kind in super::error::METRIC_LABELS {
@@ -89,6 +98,7 @@ impl Default for Metrics {
             publish_errors,
             published_pods,
             leader,
+            data_loss,
         }
     }
 }
@@ -159,6 +169,7 @@ mod tests {
             "routestate_redis_publish_errors_total 0",
             "routestate_published_pods{routing=\"DENY_NEW_CALL\"} 1",
             "routestate_leader 1",
+            "routestate_redis_data_loss_total 0",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }

@@ -4,6 +4,11 @@
 //! rebuilds the candidate index and the meta hash; then the workload aggregate).
 //!
 //! Only the lease holder writes: the leader flag is checked right before every write.
+//!
+//! Every second (whatever the periods) it also checks that Redis still holds the dataset it
+//! published ([`DatasetWatch`]: the services' epoch keys): when Redis came back empty or as
+//! another dataset, every service is republished at once, the loss is counted
+//! (`routestate_redis_data_loss_total`) and each RouteState gets a Warning Event.
 
 use std::{
     collections::HashMap,
@@ -25,7 +30,7 @@ use super::{
 };
 use crate::{
     core::{Published, ServicePlan},
-    store::Store,
+    store::{DatasetChange, DatasetWatch, Store},
 };
 
 /// Retry delay after a failed publish: short, so that a Redis that comes back (empty) gets every
@@ -36,11 +41,18 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// must not take the operator out of its Service.
 pub const REDIS_READY_GRACE: Duration = Duration::from_secs(3);
 
+/// How often the datasets are checked: a Redis that comes back empty is republished within this,
+/// however long the services' periods are.
+const DATASET_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 struct Entry {
     plan: ServicePlan,
     dirty: bool,
     next_due: Instant,
     sync: SyncState,
+    dataset: DatasetWatch,
+    /// A data loss seen and not yet reported as an Event (the controller takes it).
+    loss: Option<String>,
 }
 
 /// The publisher, shared by the controller (which sets plans) and its own tick task.
@@ -119,13 +131,25 @@ impl Publisher {
                 {
                     let old = (e.plan.namespace.clone(), e.plan.service.clone());
                     self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+                    e.dataset = DatasetWatch::new(&plan.namespace, &plan.service);
                 }
                 e.plan = plan;
                 e.dirty = true;
                 true
             }
             None => {
-                entries.insert(key, Entry { plan, dirty: true, next_due: Instant::now(), sync: SyncState::Pending });
+                let dataset = DatasetWatch::new(&plan.namespace, &plan.service);
+                entries.insert(
+                    key,
+                    Entry {
+                        plan,
+                        dirty: true,
+                        next_due: Instant::now(),
+                        sync: SyncState::Pending,
+                        dataset,
+                        loss: None,
+                    },
+                );
                 true
             }
         };
@@ -133,6 +157,33 @@ impl Publisher {
         if changed {
             self.wake.notify_one();
         }
+    }
+
+    /// Stops publishing a RouteState without deleting anything now: its service's keys are
+    /// deleted by the next tick unless another RouteState publishes that service (it then takes
+    /// them over).
+    pub fn withdraw(&self, key: &ObjectRef<RouteState>) {
+        let removed = self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        if let Some(e) = removed {
+            self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push((e.plan.namespace, e.plan.service));
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops publishing a RouteState and keeps its service's keys as they are: another
+    /// RouteState takes the service over and republishes it.
+    pub fn forget(&self, key: &ObjectRef<RouteState>) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// Asks the controller to reconcile a RouteState again (its service's owner changed).
+    pub fn retrigger(&self, key: ObjectRef<RouteState>) {
+        let _ = self.sync_changed.send(key);
+    }
+
+    /// A data loss seen for this RouteState's service and not reported yet (taken once).
+    pub fn take_data_loss(&self, key: &ObjectRef<RouteState>) -> Option<String> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key).and_then(|e| e.loss.take())
     }
 
     /// Whether the last publish of this RouteState's service reached Redis, and what it published.
@@ -191,6 +242,8 @@ impl Publisher {
         // Every observed leadership change starts a term (a coalesced lose-and-regain too):
         // if leading, publish everything now.
         let mut term_changed = true;
+        let mut datasets = tokio::time::interval(DATASET_CHECK_EVERY);
+        datasets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let is_leader = *leader.borrow_and_update();
             if term_changed {
@@ -207,16 +260,21 @@ impl Publisher {
                 self.tick().await;
             }
             let next = if is_leader { self.next_wake() } else { Instant::now() + Duration::from_secs(3600) };
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(next) => {}
+            let check_datasets = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep_until(next) => false,
+                _ = datasets.tick() => true,
                 r = leader.changed() => {
                     if r.is_err() {
                         return;
                     }
                     term_changed = true;
+                    false
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
+            };
+            if check_datasets && is_leader {
+                self.check_datasets().await;
             }
         }
     }
@@ -238,7 +296,14 @@ impl Publisher {
                 .map(|(k, e)| (k.clone(), e.plan.clone()))
                 .collect()
         };
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        {
+            // A service another RouteState publishes now is not an orphan: it took it over.
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            orphans.retain(|(ns, svc)| !entries.values().any(|e| (&e.plan.namespace, &e.plan.service) == (ns, svc)));
+            orphans.sort();
+            orphans.dedup();
+        }
         if due.is_empty() && orphans.is_empty() {
             return;
         }
@@ -257,6 +322,72 @@ impl Publisher {
         let results = self.store.publish(&plans).await;
         self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
         self.record(now, due, results);
+        // A service published for the first time: learn its dataset now, not a second later, so
+        // a loss right after the first publish is noticed too.
+        let unknown = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.values().any(|e| e.dataset.known().is_none() && matches!(e.sync, SyncState::Synced(_)))
+        };
+        if unknown {
+            self.check_datasets().await;
+        }
+    }
+
+    /// Looks at every published service's dataset (one pipeline per slot); when Redis lost one
+    /// (came back empty, or holds another dataset), republishes everything at once.
+    async fn check_datasets(&self) {
+        let mut watches: Vec<(ObjectRef<RouteState>, DatasetWatch)> = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.iter().map(|(k, e)| (k.clone(), e.dataset.clone())).collect()
+        };
+        if watches.is_empty() {
+            return;
+        }
+        let mut only: Vec<DatasetWatch> = watches.iter().map(|(_, w)| w.clone()).collect();
+        let changes = match self.store.check_datasets(&mut only).await {
+            Ok(changes) => changes,
+            // Redis is failing: the publishes report it; look again next time.
+            Err(e) => return tracing::debug!(error = %e, "checking the Redis datasets failed"),
+        };
+        tracing::trace!(?changes, "datasets checked");
+        for ((_, w), checked) in watches.iter_mut().zip(only) {
+            *w = checked;
+        }
+        let lost: Vec<(ObjectRef<RouteState>, String)> = watches
+            .iter()
+            .zip(&changes)
+            .filter_map(|((k, _), c)| match c {
+                DatasetChange::Lost(loss) => Some((k.clone(), loss.to_string())),
+                _ => None,
+            })
+            .collect();
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, w) in watches {
+                if let Some(e) = entries.get_mut(&k) {
+                    e.dataset = w;
+                }
+            }
+            if !lost.is_empty() {
+                for e in entries.values_mut() {
+                    e.dirty = true;
+                }
+                for (k, loss) in &lost {
+                    if let Some(e) = entries.get_mut(k) {
+                        e.loss = Some(loss.clone());
+                    }
+                }
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        self.metrics.data_loss.inc();
+        tracing::warn!(services = lost.len(), loss = %lost[0].1, "Redis lost the published data; republishing every service now");
+        self.wake.notify_one();
+        for (k, _) in lost {
+            let _ = self.sync_changed.send(k);
+        }
     }
 
     /// Records the outcome of a tick: sync states (a change re-reconciles the RouteState, which
