@@ -20,6 +20,7 @@ mod operator_ha;
 mod operator_redis_cluster;
 mod operator_redis_outage;
 mod operator_transport;
+mod real_node_cluster;
 mod reliability_api_outage;
 mod reliability_bad_input;
 mod reliability_failover;

@@ -51,7 +51,8 @@ pub fn wait_sync(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A self-signed CA and a server certificate for `127.0.0.1`/`localhost`, signed by it.
+/// A self-signed CA and a server certificate for `127.0.0.1`/`localhost` (plus any extra IP
+/// addresses), signed by it.
 pub struct TlsFiles {
     pub dir: TempDir,
     pub ca_cert: PathBuf,
@@ -66,6 +67,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl TlsFiles {
     pub fn new() -> Self {
+        Self::for_ips(&[])
+    }
+
+    /// The server certificate also names `extra_ips` (e.g. the real node's bridge address).
+    pub fn for_ips(extra_ips: &[&str]) -> Self {
         let dir = TempDir::new("tls");
         let d = dir.path();
         openssl(
@@ -101,9 +107,10 @@ impl TlsFiles {
                 "server.csr",
             ],
         );
+        let extra: String = extra_ips.iter().map(|ip| format!(",IP:{ip}")).collect();
         std::fs::write(
             d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
         )
         .unwrap();
         openssl(
@@ -143,6 +150,8 @@ pub struct RedisSpec {
 pub struct PrivateRedis {
     pub port: u16,
     spec: RedisSpec,
+    /// Addresses it listens on besides 127.0.0.1.
+    extra_bind: Vec<String>,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -154,14 +163,23 @@ impl PrivateRedis {
     }
 
     pub fn start_with(spec: RedisSpec) -> Self {
-        let mut r = Self { port: free_port(), spec, child: None, dir: TempDir::new("redis") };
+        Self::start_on(spec, &[])
+    }
+
+    /// Also listening on `extra_bind` (e.g. the real node's bridge address, for pods).
+    pub fn start_on(spec: RedisSpec, extra_bind: &[&str]) -> Self {
+        let extra_bind = extra_bind.iter().map(|a| (*a).to_owned()).collect();
+        let mut r = Self { port: free_port(), spec, extra_bind, child: None, dir: TempDir::new("redis") };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        cmd.arg("--bind")
+            .arg("127.0.0.1")
+            .args(&self.extra_bind)
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -264,6 +282,8 @@ impl PrivateCluster {
         let out = Command::new(repo_root().join("hack/cluster.sh"))
             .args(args)
             .env("CLUSTER_DIR", self.dir.path())
+            // A private control plane for fault tests; the real node is the shared cluster's.
+            .env("CLUSTER_NODE", "0")
             .output()
             .expect("running hack/cluster.sh");
         assert!(

@@ -11,6 +11,7 @@ use std::{
 
 pub mod cli;
 pub mod faults;
+pub mod node;
 pub mod operator;
 pub mod store;
 
