@@ -254,7 +254,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 TOML
   node_launch containerd env PATH="$NODE_BIN:$PATH" "$NODE_BIN/containerd" --config "$ND/containerd.toml"
   wait_for containerd "$NODE_BIN/ctr" --address "$NODE_SOCK" version
-  "$NODE_BIN/ctr" --address "$NODE_SOCK" -n k8s.io images import "$NODE_BIN/pause.oci.tar" >/dev/null
+  # (ctr repeats containerd's cgroup v1 deprecation warning on stderr: kept out of the output.)
+  "$NODE_BIN/ctr" --address "$NODE_SOCK" -n k8s.io images import "$NODE_BIN/pause.oci.tar" >"$D/logs/pause-import.log" 2>&1 ||
+    { cat "$D/logs/pause-import.log" >&2; return 1; }
 }
 
 start_kubelet() {

@@ -69,20 +69,24 @@ impl RealNode {
         node
     }
 
-    /// `--set` values that put a chart's or manifest's pods on this node and let them reach
-    /// the API server without kube-proxy.
-    pub fn helm_sets(&self) -> Vec<String> {
+    /// Helm arguments that put a chart's pods on this node and let them reach the API server
+    /// without kube-proxy (values only: nodeSelector, tolerations, extraEnv).
+    pub fn helm_args(&self) -> Vec<String> {
         let (host, port) = self.api.rsplit_once(':').expect("host:port");
-        vec![
-            "nodeSelector.routestate\\.dev/node=real".into(),
-            "tolerations[0].key=routestate.dev/real-node".into(),
-            "tolerations[0].operator=Exists".into(),
-            "tolerations[0].effect=NoSchedule".into(),
-            "extraEnv[0].name=KUBERNETES_SERVICE_HOST".into(),
-            format!("extraEnv[0].value={host}"),
-            "extraEnv[1].name=KUBERNETES_SERVICE_PORT".into(),
-            format!("extraEnv[1].value={port}"),
+        [
+            "nodeSelector.routestate\\.dev/node=real",
+            "tolerations[0].key=routestate.dev/real-node",
+            "tolerations[0].operator=Exists",
+            "tolerations[0].effect=NoSchedule",
+            "extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+            "extraEnv[1].name=KUBERNETES_SERVICE_PORT",
         ]
+        .iter()
+        .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+        // Strings even when they look like numbers.
+        .chain(["--set-string".into(), format!("extraEnv[0].value={host}")])
+        .chain(["--set-string".into(), format!("extraEnv[1].value={port}")])
+        .collect()
     }
 
     /// The ConfigMap the example game server reads (examples/game-server/statefulset.yaml).
