@@ -22,6 +22,7 @@ mod operator_redis_cluster;
 mod operator_redis_outage;
 mod operator_transport;
 mod real_node_cluster;
+mod real_node_game;
 mod real_node_helm;
 mod reliability_api_outage;
 mod reliability_bad_input;
