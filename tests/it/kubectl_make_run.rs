@@ -139,9 +139,9 @@ async fn run_printed(printed: &str, words: &[&str]) -> String {
 #[tokio::test]
 async fn make_run_on_the_real_node_installs_the_image_with_helm_and_runs_real_game_servers() {
     RealNode::require_images(&[OPERATOR_IMAGE, GAME_SERVER_IMAGE]).await;
-    let run = MakeRun::start(true);
-    let printed = run.wait_ready().await;
-    let ns = run.ns.clone();
+    let make_run = MakeRun::start(true);
+    let printed = make_run.wait_ready().await;
+    let ns = make_run.ns.clone();
     for want in ["helm release routestate", "game", "DenyNewCall", "rollout restart", "scale", "status", "/session/"] {
         assert!(printed.contains(want), "output lacks {want:?}:\n{printed}");
     }
@@ -173,7 +173,7 @@ async fn make_run_on_the_real_node_installs_the_image_with_helm_and_runs_real_ga
     run_printed(&printed, &["patch", r#""pods":[]"#]).await;
     wait_routing(&redis, &ns, "game", 1, RoutingState::Ready, "pod 1 back", TIMEOUT).await;
 
-    let printed = run.ctrl_c().await;
+    let printed = make_run.ctrl_c().await;
     assert!(printed.contains("helm uninstall"), "{printed}");
     assert!(states(&mut redis, &ns, "game").await.is_empty(), "Redis keys left behind");
     let releases = ok("helm", &["list", "-n", &ns, "-q"], None).await;
@@ -185,9 +185,9 @@ async fn make_run_on_the_real_node_installs_the_image_with_helm_and_runs_real_ga
 
 #[tokio::test]
 async fn make_run_without_a_real_node_runs_the_operator_locally_and_ctrl_c_stops_what_it_started() {
-    let run = MakeRun::start(false);
-    let printed = run.wait_ready().await;
-    let ns = run.ns.clone();
+    let make_run = MakeRun::start(false);
+    let printed = make_run.wait_ready().await;
+    let ns = make_run.ns.clone();
     // It printed `kubectl get routestates` and the next commands to try.
     for want in ["STATEFULSET", "ROUTING", "READY", "web", "DenyNewCall", "routestate.dev/load", "scale", "status"] {
         assert!(printed.contains(want), "output lacks {want:?}:\n{printed}");
@@ -205,14 +205,14 @@ async fn make_run_without_a_real_node_runs_the_operator_locally_and_ctrl_c_stops
     let s = states(&mut redis, &ns, "web").await;
     assert_eq!(s.values().map(|p| p.routing).collect::<Vec<_>>(), [RoutingState::Ready; 3], "{s:?}");
 
-    let op_pid: u32 = std::fs::read_to_string(run.run_dir.join("operator.pid"))
+    let op_pid: u32 = std::fs::read_to_string(make_run.run_dir.join("operator.pid"))
         .expect("hack/run.sh writes the operator's pid")
         .trim()
         .parse()
         .unwrap();
     assert!(alive(op_pid), "operator {op_pid} should be running");
 
-    let printed = run.ctrl_c().await;
+    let printed = make_run.ctrl_c().await;
     assert!(!alive(op_pid), "the operator {op_pid} survived Ctrl-C:\n{printed}");
     // The finalizer ran before the operator stopped: no keys left behind.
     assert!(states(&mut redis, &ns, "web").await.is_empty(), "Redis keys left behind");
