@@ -21,7 +21,8 @@
 #
 # Environment: RUN_NAMESPACE (default routestate-demo), RUN_HTTP_ADDR (default a free
 # 127.0.0.1 port), ROUTESTATE_BIN (use this binary instead of `cargo build`), RUN_DIR (logs,
-# default target/run).
+# default target/run), RUN_REAL_NODE=0 (never use the real node), RUN_BUILD_IMAGES=0 (on the
+# real node, use the images already imported instead of `make image-load`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -112,7 +113,11 @@ ensure_namespace() {
 # The real node: the operator installed by Helm from the local image, real game-server pods.
 if ((local_cluster)) && [[ -n ${ROUTESTATE_NODE:-} && ${RUN_REAL_NODE:-1} != 0 ]]; then
   say "the local cluster has a real node: building the images and installing the operator with Helm"
-  hack/image/build.sh load
+  if [[ ${RUN_BUILD_IMAGES:-1} == 1 ]]; then
+    hack/image/build.sh load
+  else
+    say "RUN_BUILD_IMAGES=0: using the images already imported into the node (make image-load)"
+  fi
   ensure_namespace
   release=routestate
   examples=examples/game-server/

@@ -46,10 +46,18 @@ impl MakeRun {
     fn start(real_node: bool) -> Self {
         let ns = support::unique_name("run");
         let run_dir = std::env::temp_dir().join(&ns);
-        let mut child = Command::new(repo_root().join("hack/run.sh"))
+        // Started as a terminal starts a foreground job: with SIGINT at its default disposition
+        // (a suite launched in the background inherits it ignored, and bash cannot trap a
+        // signal ignored at entry).
+        let script = repo_root().join("hack/run.sh");
+        let mut child = Command::new("python3")
+            .args(["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"])
+            .arg(&script)
             .env("RUN_NAMESPACE", &ns)
             .env("RUN_DIR", &run_dir)
             .env("RUN_REAL_NODE", if real_node { "1" } else { "0" })
+            // make test imported them; a cargo build here would wait on this test run's own lock.
+            .env("RUN_BUILD_IMAGES", "0")
             .env("ROUTESTATE_BIN", env!("CARGO_BIN_EXE_routestate"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
