@@ -14,6 +14,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 # should say so before anything else runs.
 step "test binaries"
 hack/testbin/build.sh >/dev/null
+hack/testbin/build.sh node >/dev/null
 
 started=0
 if [[ -n ${TEST_KUBECONFIG:-} ]]; then
@@ -30,6 +31,15 @@ else
 fi
 cleanup() { if ((started)); then step "stopping the local cluster"; hack/cluster.sh down; fi; }
 trap cleanup EXIT
+
+# --- real node: the images its tests run (one release build for both) ---
+if [[ -n ${ROUTESTATE_NODE:-} ]]; then
+  step "images for the real node (make image-load)"
+  hack/image/build.sh load
+else
+  echo "== test: NO real node (${ROUTESTATE_NODE_ABSENT:-not this cluster}): its tests will fail with that reason" >&2
+fi
+# --- end real node ---
 
 step "lint"
 cargo fmt --all -- --check
