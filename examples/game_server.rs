@@ -10,8 +10,8 @@
 //! - `REDIS_URL`: the Redis the service's clients place users in;
 //! - `HTTP_ADDR` (default `0.0.0.0:8080`), `DRAIN_SECONDS` (default 10): how long the pod keeps
 //!   serving its users in DENY_NEW_CALL after SIGTERM before it publishes SHUTDOWN and exits.
-//!   `SHUTDOWN_LINGER_SECONDS` (default 2): how long it still answers after its SHUTDOWN report
-//!   is on the pod, while the operator publishes it and clients notice. The pod's
+//!   `SHUTDOWN_LINGER_SECONDS` (default 2): how long it still answers after its SHUTDOWN is
+//!   published, while clients notice. The pod's
 //!   `terminationGracePeriodSeconds` must be longer than both together.
 //!
 //! HTTP: `GET /session/<uid>` serves user `uid` (it counts as a session of this pod) and answers
@@ -28,16 +28,17 @@ use std::{
 use axum::{Router, extract::Path, extract::State, routing::get};
 use routestate::{
     core::pod_index,
-    operator::AnnotationTransport,
-    server::{CancellationToken, ServerConfig, ServerDriver, TransportError},
+    server::{CancellationToken, RedisTransport, ServerConfig, ServerDriver, TransportError},
     store::{RedisOptions, Store},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-/// How this server hands its load and routing state to the operator: the pod's own
-/// annotations (needs `pods: patch` on itself). The one place to change the transport.
-fn transport(client: kube::Client) -> Result<AnnotationTransport, TransportError> {
-    AnnotationTransport::from_env(client)
+/// How this server hands its load and routing state to routestate: straight to Redis, where
+/// each report is published at once under the operator's floor (it needs only its Redis user).
+/// The one place to change the transport: a pod without Redis credentials would use
+/// `AnnotationTransport::from_env(kube_client)` (its own annotations; RBAC `pods: patch`).
+fn transport(store: &Store, id: &Identity) -> Result<RedisTransport, TransportError> {
+    RedisTransport::new(store.clone(), &id.namespace, &id.service, id.index)
 }
 
 /// Who this pod is, from its environment.
@@ -113,10 +114,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let store = Store::connect(&RedisOptions::standalone(&redis_url)).await?;
-    let transport = transport(kube::Client::try_default().await?)?;
+    let transport = transport(&store, &id)?;
     let mut config = ServerConfig::new(&id.namespace, &id.service, id.index);
     config.drain_window = Some(drain);
-    let driver = ServerDriver::new(store, transport.clone(), config)?;
+    let driver = ServerDriver::new(store, transport, config)?;
     driver.start().await?;
     tracing::info!(?id, %addr, ?drain, "game server up");
 
@@ -129,11 +130,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     sigterm.recv().await;
     tracing::info!(pod = id.pod, "SIGTERM: draining");
+    // Returns once SHUTDOWN is published: the report goes to Redis in the call itself.
     let outcome = driver.stop(&CancellationToken::new()).await?;
-    // The SHUTDOWN report must be on the pod before the process (and its patch task) ends.
-    transport.flush(Duration::from_secs(5)).await?;
-    // Clients learn SHUTDOWN from Redis a moment after the pod reports it: users still on their
-    // way are answered rather than refused.
+    // Clients learn SHUTDOWN when their read model refreshes: users still on their way are
+    // answered rather than refused.
     tokio::time::sleep(linger).await;
     tracing::info!(pod = id.pod, ?outcome, "stopped");
     server.abort();

@@ -27,8 +27,8 @@ PROFILE=${PROFILE:-release}
 
 log() { echo "bench-cluster: $*" >&2; }
 
-if [[ $PROFILE == release ]]; then cargo build --release --bin routestate >&2; BIN=$ROOT/target/release/routestate
-else cargo build --bin routestate >&2; BIN=$ROOT/target/debug/routestate; fi
+if [[ $PROFILE == release ]]; then cargo build --release --bin routestate >&2; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/routestate
+else cargo build --bin routestate >&2; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/routestate; fi
 
 export CLUSTER_DIR=${BENCH_CLUSTER_DIR:-$(mktemp -d /tmp/routestate-bench.XXXXXX)}
 OP_PID=""

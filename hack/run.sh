@@ -157,7 +157,7 @@ CM
   fi
   kubectl -n "$NS" get pods -o wide
   kubectl get routestates -n "$NS"
-  bin=$ROOT/target/x86_64-unknown-linux-gnu/release/routestate
+  bin=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/routestate
   game1=$(kubectl -n "$NS" get pod game-1 -o jsonpath='{.status.podIP}')
   cat <<EOF2
 
@@ -201,7 +201,7 @@ fi
 if [[ -z ${ROUTESTATE_BIN:-} ]]; then
   say "building the operator (cargo build)"
   cargo build --quiet --bin routestate
-  ROUTESTATE_BIN=$ROOT/target/debug/routestate
+  ROUTESTATE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/routestate
 fi
 [[ -x $ROUTESTATE_BIN ]] || die "ROUTESTATE_BIN=$ROUTESTATE_BIN is not an executable"
 say "installing the RouteState CRD"

@@ -10,6 +10,11 @@ step() { echo "== test: $* ($((SECONDS - t0))s)" >&2; }
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
 
+# Compiled artifacts live outside the repository, like the Go test binaries, so a fresh clone
+# compiles only routestate itself, not its dependencies again (cargo keeps them apart per
+# source and profile). CARGO_TARGET_DIR overrides it.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routestate-target}
+
 # Build the Go binaries first: on a cold machine this is the long part, and a failure here
 # should say so before anything else runs.
 step "test binaries"

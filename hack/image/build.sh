@@ -25,7 +25,7 @@ say "release build of routestate and examples/game_server (static)"
 # Target-specific flags: build scripts and proc macros stay dynamic host binaries.
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --quiet --target "$TARGET" --bin routestate --example game_server
-REL=$ROOT/target/$TARGET/release
+REL=${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release
 for b in "$REL/routestate" "$REL/examples/game_server"; do
   # No program interpreter = nothing to load at run time.
   if readelf -lW "$b" | grep -q 'Requesting program interpreter'; then die "$b is dynamically linked; the image has no C library"; fi
