@@ -82,7 +82,7 @@ fn seconds(name: &str, default: u64) -> Result<Duration, String> {
 
 struct App {
     pod: String,
-    driver: ServerDriver<AnnotationTransport>,
+    driver: ServerDriver<RedisTransport>,
     sessions: Mutex<HashSet<String>>,
 }
 
