@@ -343,5 +343,5 @@ pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError> {
         .query_async(conn)
         .await
         .map_err(|source| StoreError::Redis { op: "TIME", key: "-".into(), source })?;
-    Ok(secs * 1000 + micros / 1000)
+    Ok(crate::core::redis_time_ms(secs, micros))
 }
