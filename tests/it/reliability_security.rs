@@ -152,7 +152,7 @@ async fn library_works_over_tls_with_a_password_and_never_shows_it() {
             Ok(store) => store.server_time_ms().await.map(|_| ()),
             Err(e) => Err(e),
         };
-        let err = result.expect_err(what).to_string();
+        let err = result.expect_err(what).chain().to_string();
         let full = format!("{err} / {:?}", err);
         assert!(!full.contains(&pw), "{what}: the error shows the password: {full}");
         assert!(expect.iter().any(|e| full.contains(e)), "{what}: unclear error: {full}");
