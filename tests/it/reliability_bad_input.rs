@@ -1,4 +1,4 @@
-//! Bad input (issue 6, item 5): what operator_crd and operator_core do not already cover.
+//! Bad input: what operator_crd and operator_core do not already cover.
 //! - more invalid RouteStates, rejected by the API server naming the field;
 //! - garbage pod annotations of every kind: a Warning Event each, reconcile goes on;
 //! - garbage and oversized values in the state hash, workload key and link keys: readers skip

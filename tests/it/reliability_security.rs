@@ -1,4 +1,4 @@
-//! Security (issue 6, item 6): Redis with `requirepass` and TLS only (`rediss://`, a CA made by
+//! Security: Redis with `requirepass` and TLS only (`rediss://`, a CA made by
 //! the test) works end to end for the library and the operator, and the password never shows up
 //! in what they log, report or expose.
 
