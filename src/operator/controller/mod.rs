@@ -4,6 +4,7 @@
 //! and idempotent.
 
 pub mod events;
+pub mod pods;
 pub mod reconcile;
 pub mod watches;
 
@@ -27,7 +28,8 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
-pub use watches::{CappedBackoff, Synced, trim_pod, trim_statefulset};
+pub use pods::PodIndex;
+pub use watches::{CappedBackoff, Synced, trim_statefulset};
 
 use super::{crd::RouteState, leader::Leadership, metrics::Metrics, publisher::Publisher};
 use crate::core::ErrorChain;
@@ -58,18 +60,20 @@ pub struct Context {
     publisher: Arc<Publisher>,
     leader: Leadership,
     metrics: Arc<Metrics>,
-    pods: Store<Pod>,
+    pods: Arc<PodIndex>,
     statefulsets: Store<StatefulSet>,
     routestates: Store<RouteState>,
     synced: Synced,
     /// What was last derived per RouteState (for Events on changes only).
     seen: Mutex<HashMap<ObjectRef<RouteState>, events::Seen>>,
+    /// When each RouteState's status was last patched (to bound the patch rate).
+    status_patched: Mutex<HashMap<ObjectRef<RouteState>, tokio::time::Instant>>,
 }
 
 impl Context {
     fn new(
         shared: Shared,
-        pods: Store<Pod>,
+        pods: Arc<PodIndex>,
         statefulsets: Store<StatefulSet>,
         routestates: Store<RouteState>,
         synced: Synced,
@@ -86,6 +90,7 @@ impl Context {
             routestates,
             synced,
             seen: Mutex::default(),
+            status_patched: Mutex::default(),
         }
     }
 
@@ -97,6 +102,15 @@ impl Context {
 
     fn forget_seen(&self, key: &ObjectRef<RouteState>) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.status_patched.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    fn status_patched(&self, key: &ObjectRef<RouteState>) -> Option<tokio::time::Instant> {
+        self.status_patched.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied()
+    }
+
+    fn set_status_patched(&self, key: ObjectRef<RouteState>, at: tokio::time::Instant) {
+        self.status_patched.lock().unwrap_or_else(|e| e.into_inner()).insert(key, at);
     }
 }
 
@@ -126,27 +140,25 @@ pub fn build(
     sync_changed: mpsc::UnboundedReceiver<ObjectRef<RouteState>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Built {
-    let (pods, pod_stream, pods_synced) = watches::cached("pods", watches.pods, trim_pod);
     let (statefulsets, sts_stream, sts_synced) =
         watches::cached("statefulsets", watches.statefulsets, trim_statefulset);
     let (routestates, rs_stream, rs_synced) =
         watches::cached("routestates", watches.routestates, watches::trim_routestate);
+    let pods = Arc::new(PodIndex::default());
+    let (pod_triggers, pods_synced) = watches::pod_triggers(watches.pods, pods.clone(), routestates.clone());
     let synced = Synced { pods: pods_synced, statefulsets: sts_synced, routestates: rs_synced };
 
     shared.publisher.set_routestate_store(routestates.clone());
     let terms = new_terms(shared.leader.clone());
     let ctx = Arc::new(Context::new(shared, pods, statefulsets, routestates.clone(), synced.clone()));
-    let (for_pods, for_sts) = (routestates.clone(), routestates.clone());
+    let for_sts = routestates.clone();
     let failures = ctx.clone();
     let future = Controller::for_stream(rs_stream, routestates)
         .trigger_backoff(CappedBackoff::default())
-        .watches_stream(pod_stream, move |pod: Pod| match watches::controlling_statefulset(&pod) {
-            Some(sts) => watches::routestates_for(&for_pods, pod.namespace(), &sts),
-            None => Vec::new(),
-        })
         .watches_stream(sts_stream, move |sts: StatefulSet| {
             watches::routestates_for(&for_sts, sts.namespace(), &sts.name_any())
         })
+        .reconcile_on(pod_triggers)
         .reconcile_all_on(terms)
         .reconcile_on(futures::stream::unfold(sync_changed, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }))
         .graceful_shutdown_on(async move {

@@ -4,6 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Resource, ResourceExt,
@@ -28,6 +30,17 @@ use crate::{
 
 /// Level-triggered safety net: every RouteState is re-reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(300);
+/// The shortest interval between two status patches of one RouteState: under pod churn the
+/// status changes with every pod, and each patch is a write to an API server that is busy too.
+/// A change within it is written when it ends (the reconcile is requeued), the latest one only.
+pub const STATUS_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a status patch must wait, given when the last one of the RouteState was sent.
+pub fn status_patch_wait(last: Option<Instant>, now: Instant) -> Option<Duration> {
+    let next = last? + STATUS_MIN_INTERVAL;
+    (now < next).then(|| next - now)
+}
+
 /// Reason of the Warning Event of a failed reconcile.
 pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 
@@ -100,14 +113,10 @@ fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<De
     let sts = ctx.statefulsets.get(&ObjectRef::new(&sts_name).within(ns));
     let derived = sts.map(|sts| {
         let replicas = sts.spec.replicas.unwrap_or(1).max(0) as u32;
+        // This StatefulSet's pods only: the index keeps them apart from the fleet's.
         let mut findings = Vec::new();
-        let facts: Vec<PodFacts> = ctx
-            .pods
-            .state()
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns) && derive::owned_by(p, &sts_name))
-            .filter_map(|p| derive::pod_facts(p, &sts_name).map_err(|f| findings.push(f)).ok())
-            .collect();
+        let facts: Vec<PodFacts> =
+            ctx.pods.facts(ns, &sts_name).into_iter().filter_map(|f| f.map_err(|f| findings.push(f)).ok()).collect();
         let mut derived = derive::derive(&rs.spec, replicas, &facts);
         findings.append(&mut derived.findings);
         derived.findings = findings;
@@ -194,7 +203,9 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         &ctx.publisher.sync_state(&key),
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    patch_status(&rs, ns, ctx, status).await?;
+    if let Some(wait) = patch_status(&rs, ns, ctx, status).await? {
+        return Ok(Action::requeue(wait));
+    }
     Ok(Action::requeue(RESYNC))
 }
 
@@ -217,14 +228,22 @@ async fn apply_conflict(rs: &RouteState, ns: &str, ctx: &Context, service: &str,
         Some(owner),
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    patch_status(rs, ns, ctx, status).await?;
+    if let Some(wait) = patch_status(rs, ns, ctx, status).await? {
+        return Ok(Action::requeue(wait));
+    }
     Ok(Action::requeue(RESYNC))
 }
 
-/// Writes the status with server-side apply, unless it is unchanged (no self-triggering).
-async fn patch_status(rs: &RouteState, ns: &str, ctx: &Context, status: RouteStateStatus) -> Result<()> {
+/// Writes the status with server-side apply, unless it is unchanged (no self-triggering) or
+/// the last patch was less than [`STATUS_MIN_INTERVAL`] ago: then nothing is written and the
+/// wait is returned (the reconcile runs again after it, with the inputs of then).
+async fn patch_status(rs: &RouteState, ns: &str, ctx: &Context, status: RouteStateStatus) -> Result<Option<Duration>> {
     if rs.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(None);
+    }
+    let key = ObjectRef::from_obj(rs);
+    if let Some(wait) = status_patch_wait(ctx.status_patched(&key), Instant::now()) {
+        return Ok(Some(wait));
     }
     if !ctx.leader.holds() {
         return Err(Error::NotLeader("patch status"));
@@ -235,10 +254,11 @@ async fn patch_status(rs: &RouteState, ns: &str, ctx: &Context, status: RouteSta
         "kind": RouteState::kind(&()),
         "status": status,
     });
+    ctx.set_status_patched(key, Instant::now());
     api.patch_status(&rs.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::kube(format!("patching the status of RouteState {ns}/{}", rs.name_any())))?;
-    Ok(())
+    Ok(None)
 }
 
 async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
@@ -293,5 +313,21 @@ pub(super) async fn publish_event(ctx: &Context, reference: &ObjectReference, ev
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         ctx.metrics.error("event");
         tracing::warn!(error = %e.chain(), reason = %event.reason, "publishing an Event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patches_are_at_least_the_minimum_interval_apart() {
+        let t0 = Instant::now();
+        assert_eq!(status_patch_wait(None, t0), None, "the first is sent at once");
+        assert_eq!(status_patch_wait(Some(t0), t0), Some(STATUS_MIN_INTERVAL));
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(status_patch_wait(Some(t0), later), Some(STATUS_MIN_INTERVAL - Duration::from_millis(300)));
+        assert_eq!(status_patch_wait(Some(t0), t0 + STATUS_MIN_INTERVAL), None);
+        assert_eq!(status_patch_wait(Some(t0), t0 + Duration::from_secs(60)), None);
     }
 }

@@ -86,7 +86,7 @@ impl Drop for PrivateRedis {
 struct Fixture {
     ctx: Arc<Context>,
     api: ApiServer,
-    pods: Writer<Pod>,
+    pods: Arc<PodIndex>,
     statefulsets: Writer<StatefulSet>,
     routestates: Writer<RouteState>,
     redis: Redis,
@@ -107,7 +107,7 @@ impl Fixture {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let publisher = Arc::new(Publisher::new(redis.clone(), leader.clone(), metrics.clone(), sync_tx));
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
-        let (pod_store, pods) = reflector::store();
+        let pods = Arc::new(PodIndex::default());
         let (sts_store, statefulsets) = reflector::store();
         let (rs_store, routestates) = reflector::store();
         let flags = [watch::channel(true), watch::channel(true), watch::channel(true)];
@@ -115,7 +115,7 @@ impl Fixture {
             Synced { pods: flags[0].1.clone(), statefulsets: flags[1].1.clone(), routestates: flags[2].1.clone() };
         let [(a, _), (b, _), (c, _)] = flags;
         let shared = Shared { client, recorder, publisher, leader, metrics };
-        let ctx = Arc::new(Context::new(shared, pod_store, sts_store, rs_store, synced));
+        let ctx = Arc::new(Context::new(shared, pods.clone(), sts_store, rs_store, synced));
         Self {
             ctx,
             api: ApiServer(api),
@@ -132,23 +132,28 @@ impl Fixture {
 
     /// Puts StatefulSet `web` with `replicas` Ready pods in the caches.
     fn with_statefulset(&mut self, replicas: u32) {
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "game", "uid": "sts-uid"},
-            "spec": {"replicas": replicas, "selector": {}, "serviceName": "web", "template": {}}
+        self.with_pods("game", "web", replicas);
+    }
+
+    /// Puts StatefulSet `sts` of namespace `ns` with `replicas` Ready pods in the caches.
+    fn with_pods(&mut self, ns: &str, sts: &str, replicas: u32) {
+        let set: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": sts, "namespace": ns, "uid": format!("{ns}-{sts}")},
+            "spec": {"replicas": replicas, "selector": {}, "serviceName": sts, "template": {}}
         }))
         .unwrap();
-        self.statefulsets.apply_watcher_event(&watcher::Event::Apply(sts));
+        self.statefulsets.apply_watcher_event(&watcher::Event::Apply(set));
         for i in 0..replicas {
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {
-                    "name": format!("web-{i}"), "namespace": "game",
+                    "name": format!("{sts}-{i}"), "namespace": ns,
                     "labels": {"apps.kubernetes.io/pod-index": i.to_string()},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "sts-uid", "controller": true}]
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts, "uid": format!("{ns}-{sts}"), "controller": true}]
                 },
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}
             }))
             .unwrap();
-            self.pods.apply_watcher_event(&watcher::Event::Apply(pod));
+            self.pods.apply(&watcher::Event::Apply(pod));
         }
     }
 
@@ -326,4 +331,69 @@ async fn a_failed_reconcile_is_a_warning_event_with_its_category() {
     // The message, then the cause as kube words it (its status is in it once already).
     let note = event["note"].as_str().unwrap();
     assert_eq!(note, format!("patching the status of RouteState game/web: {}", api_error()));
+}
+
+#[tokio::test]
+async fn a_reconcile_reads_its_own_statefulsets_pods_only() {
+    // The same RouteState, alone and among a fleet of other StatefulSets' pods (same namespace,
+    // same StatefulSet name in another namespace): the same plan, read from its own pods.
+    let mut alone = Fixture::new(false).await;
+    alone.with_statefulset(3);
+    let rs = alone.routestate(false, None);
+    let key = ObjectRef::from_obj(rs.as_ref());
+    alone.reconcile(rs, async |_: &mut ApiServer| {}).await.unwrap();
+
+    let mut fleet = Fixture::new(false).await;
+    fleet.with_statefulset(3);
+    for i in 0..20 {
+        fleet.with_pods("game", &format!("other-{i}"), 50);
+    }
+    fleet.with_pods("elsewhere", "web", 7);
+    assert_eq!(fleet.ctx.pods.len(), 3 + 20 * 50 + 7);
+    let rs = fleet.routestate(false, None);
+    fleet.reconcile(rs, async |_: &mut ApiServer| {}).await.unwrap();
+    let (a, b) = (alone.ctx.publisher.plan(&key).unwrap(), fleet.ctx.publisher.plan(&key).unwrap());
+    assert_eq!(a, b);
+    assert_eq!(a.pods.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+    // What the reconcile read is the index's entry for (game, web), not a scan of the fleet.
+    assert_eq!(fleet.ctx.pods.facts("game", "web").len(), 3);
+}
+
+#[tokio::test]
+async fn status_changes_under_churn_wait_for_the_minimum_interval() {
+    let mut f = Fixture::new(true).await;
+    f.with_statefulset(2);
+    let rs = f.routestate(true, None);
+    let answer = serde_json::to_value(rs.as_ref()).unwrap();
+    let mut sent = Value::Null;
+    f.reconcile(rs, async |api: &mut ApiServer| {
+        sent = api.expect(Method::PATCH, &format!("{RS_PATH}/status"), answer).await;
+    })
+    .await
+    .unwrap();
+    // Pod 1 stops being Ready right after: its Event is told at once, the status waits.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "web-1", "namespace": "game", "labels": {"apps.kubernetes.io/pod-index": "1"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "game-web", "controller": true}]
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "False"}]}
+    }))
+    .unwrap();
+    assert!(!f.pods.apply(&watcher::Event::Apply(pod)).is_empty());
+    let rs = f.routestate(true, Some(sent["status"].clone()));
+    let mut event = Value::Null;
+    let action = f
+        .reconcile(rs, async |api: &mut ApiServer| {
+            event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
+        })
+        .await
+        .unwrap();
+    assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("Unpublish")), "{event}");
+    assert_ne!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(300)),
+        "requeued to write the status"
+    );
+    assert_ne!(action, kube::runtime::controller::Action::await_change());
 }

@@ -1,7 +1,7 @@
-//! The watches that feed the controller: trimmed caches of pods, StatefulSets and RouteStates,
+//! The watches that feed the controller: the pod index and trimmed caches of StatefulSets and RouteStates,
 //! each retried on its own with a short capped backoff and reporting when its first list is in.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
@@ -16,8 +16,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::core::{ErrorChain, annotations, pod_index::POD_INDEX_LABEL};
-use crate::operator::crd::RouteState;
+use super::pods::PodIndex;
+use crate::{core::ErrorChain, operator::crd::RouteState};
 
 /// A cache of `api`'s objects (each trimmed by `trim` before it is stored), the stream of the
 /// objects it touched, and a flag that turns true once the first list is in. Cache readiness is
@@ -41,31 +41,34 @@ where
     (store, stream, synced)
 }
 
+/// The pod watch, feeding `index`: a stream of the RouteStates to reconcile because facts of
+/// their StatefulSet's pods changed (resolved by the RouteState cache `routestates`), and a flag
+/// that turns true once the first list is in the index.
+pub fn pod_triggers(
+    api: Api<Pod>,
+    index: Arc<PodIndex>,
+    routestates: Store<RouteState>,
+) -> (impl Stream<Item = ObjectRef<RouteState>> + Send + 'static, watch::Receiver<bool>) {
+    let (synced_tx, synced) = watch::channel(false);
+    let stream = retried("pods", watcher(api, watcher::Config::default().any_semantic())).flat_map(move |event| {
+        let changed = match &event {
+            Ok(event) => index.apply(event),
+            Err(_) => Default::default(),
+        };
+        // Ready once the index holds the whole first list (not before: a reconcile would read a part).
+        if let Ok(watcher::Event::InitDone) = event {
+            synced_tx.send_replace(true);
+        }
+        let targets: Vec<ObjectRef<RouteState>> =
+            changed.into_iter().flat_map(|(ns, sts)| routestates_for(&routestates, Some(ns), &sts)).collect();
+        futures::stream::iter(targets)
+    });
+    (stream, synced)
+}
+
 /// Drops what the operator does not need from a RouteState (its managed fields).
 pub fn trim_routestate(rs: &mut RouteState) {
     rs.metadata.managed_fields = None;
-}
-
-/// Drops what the operator does not need from a pod: managed fields, spec, foreign annotations
-/// and labels, and every status field but the Ready condition.
-pub fn trim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(annotations::PREFIX));
-    }
-    if let Some(l) = meta.labels.as_mut() {
-        l.retain(|k, _| k == POD_INDEX_LABEL);
-    }
-    if let Some(o) = meta.owner_references.as_mut() {
-        o.retain(|o| o.controller == Some(true));
-    }
-    pod.spec = None;
-    if let Some(status) = pod.status.as_mut() {
-        let conditions = status.conditions.take().map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect());
-        *status = Default::default();
-        status.conditions = conditions;
-    }
 }
 
 /// Drops the pod template, managed fields and annotations of a StatefulSet.
@@ -74,16 +77,6 @@ pub fn trim_statefulset(sts: &mut StatefulSet) {
     sts.metadata.annotations = None;
     sts.spec.template = Default::default();
     sts.spec.volume_claim_templates = None;
-}
-
-pub(super) fn controlling_statefulset(pod: &Pod) -> Option<String> {
-    pod.metadata
-        .owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "StatefulSet")
-        .map(|o| o.name.clone())
 }
 
 pub(super) fn routestates_for(
@@ -215,40 +208,6 @@ fn mark_synced<K>(flag: watch::Sender<bool>) -> impl FnMut(&Result<watcher::Even
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::derive;
-
-    #[test]
-    fn trimming_keeps_everything_the_derivation_reads() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "web-1", "namespace": "ns",
-                "labels": {"apps.kubernetes.io/pod-index": "1", "app": "web", "controller-revision-hash": "x"},
-                "annotations": {"routestate.dev/load": "5", "routestate.dev/routing-state": "DenyNewCall", "big": "x".repeat(10_000)},
-                "ownerReferences": [
-                    {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true},
-                    {"apiVersion": "v1", "kind": "Other", "name": "o", "uid": "v"}
-                ],
-                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
-                "deletionTimestamp": "2026-01-01T00:00:00Z"
-            },
-            "spec": {"containers": [{"name": "app", "image": "pause"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1",
-                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
-        }))
-        .unwrap();
-        let before = derive::pod_facts(&pod, "web").unwrap();
-        let mut trimmed = pod.clone();
-        trim_pod(&mut trimmed);
-        assert_eq!(derive::pod_facts(&trimmed, "web").unwrap(), before);
-        assert!(derive::owned_by(&trimmed, "web"));
-        assert_eq!(controlling_statefulset(&trimmed).as_deref(), Some("web"));
-        assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
-        assert_eq!(trimmed.metadata.annotations.as_ref().unwrap().len(), 2);
-        assert_eq!(trimmed.metadata.labels.as_ref().unwrap().len(), 1);
-        assert_eq!(trimmed.metadata.owner_references.as_ref().unwrap().len(), 1);
-        let status = trimmed.status.unwrap();
-        assert_eq!((status.phase, status.conditions.unwrap().len()), (None, 1));
-    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets() {
