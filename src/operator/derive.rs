@@ -383,33 +383,31 @@ pub enum SyncState {
     Failed(String),
 }
 
-/// The status for a RouteState: `derived` is `None` when its StatefulSet does not exist.
-pub fn compute_status(
-    old: Option<&RouteStateStatus>,
-    generation: Option<i64>,
-    statefulset: &str,
-    service: &str,
-    derived: Option<&Derived>,
-    sync: &SyncState,
-    now: &Time,
-) -> RouteStateStatus {
-    compute_status_with(old, generation, statefulset, service, derived, sync, None, now)
+/// What a RouteState's status is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusInput<'a> {
+    /// The status stored now (conditions keep their transition times when unchanged).
+    pub old: Option<&'a RouteStateStatus>,
+    /// `metadata.generation` (the conditions' `observedGeneration`).
+    pub generation: Option<i64>,
+    /// The target StatefulSet's name.
+    pub statefulset: &'a str,
+    /// The Redis service name.
+    pub service: &'a str,
+    /// The derivation; `None` when the StatefulSet does not exist.
+    pub derived: Option<&'a Derived>,
+    /// The publisher's last outcome for the service.
+    pub sync: &'a SyncState,
+    /// The RouteState that publishes the service, when it is another, older one: then Ready is
+    /// False with reason `ServiceNameConflict` and nothing is published.
+    pub owner: Option<&'a str>,
+    /// The time of the computation.
+    pub now: &'a Time,
 }
 
-/// [`compute_status`] for a RouteState that may not own its service: with `owner` (the name of
-/// the RouteState that publishes it), Ready is False with reason `ServiceNameConflict` and
-/// nothing is published.
-#[allow(clippy::too_many_arguments)]
-pub fn compute_status_with(
-    old: Option<&RouteStateStatus>,
-    generation: Option<i64>,
-    statefulset: &str,
-    service: &str,
-    derived: Option<&Derived>,
-    sync: &SyncState,
-    owner: Option<&str>,
-    now: &Time,
-) -> RouteStateStatus {
+/// The status of a RouteState.
+pub fn compute_status(input: &StatusInput<'_>) -> RouteStateStatus {
+    let StatusInput { old, generation, statefulset, service, derived, sync, owner, now } = *input;
     let mut status = status_of(old, generation, statefulset, service, derived, sync, now);
     if let Some(owner) = owner {
         let conditions = [
@@ -848,6 +846,18 @@ mod tests {
         assert_eq!(routing_changes(&BTreeMap::from([(0, p(R, 0))]), &floored), [(0, Some(R), Some(S))]);
     }
 
+    fn compute(
+        old: Option<&RouteStateStatus>,
+        generation: Option<i64>,
+        statefulset: &str,
+        service: &str,
+        derived: Option<&Derived>,
+        sync: &SyncState,
+        now: &Time,
+    ) -> RouteStateStatus {
+        compute_status(&StatusInput { old, generation, statefulset, service, derived, sync, owner: None, now })
+    }
+
     fn t(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
@@ -888,10 +898,10 @@ mod tests {
         let s = spec(RoutingStateName::Ready, vec![]);
         let synced = SyncState::Synced(BTreeMap::from([(0, R), (1, R)]));
         let d = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(annotations::LOAD, "5")])]);
-        let st1 = compute_status(None, Some(1), "web", "web", Some(&d), &synced, &t(100));
+        let st1 = compute(None, Some(1), "web", "web", Some(&d), &synced, &t(100));
         // A load change alone does not change the status (loads are not in it).
         let d2 = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(annotations::LOAD, "50")])]);
-        let st2 = compute_status(Some(&st1), Some(1), "web", "web", Some(&d2), &synced, &t(200));
+        let st2 = compute(Some(&st1), Some(1), "web", "web", Some(&d2), &synced, &t(200));
         assert_eq!(st1, st2);
         assert_eq!(st1.ready_summary.as_deref(), Some("2/2"));
         assert_eq!(st1.leader.as_deref(), Some("web-0"));
@@ -903,15 +913,15 @@ mod tests {
 
         // Pod 0 gone: LeaderAvailable False with a reason, workload Unknown.
         let d3 = derive(&s, 2, &[pod(1, true, false, &[])]);
-        let st3 = compute_status(Some(&st2), Some(1), "web", "web", Some(&d3), &synced, &t(300));
+        let st3 = compute(Some(&st2), Some(1), "web", "web", Some(&d3), &synced, &t(300));
         assert_eq!(cond(&st3, CONDITION_LEADER), "False");
         assert_eq!(st3.workload_state.as_deref(), Some("Unknown"));
         assert_eq!(st3.leader, None);
 
-        let missing = compute_status(None, Some(1), "nope", "nope", None, &SyncState::Pending, &t(1));
+        let missing = compute(None, Some(1), "nope", "nope", None, &SyncState::Pending, &t(1));
         assert_eq!(cond(&missing, CONDITION_READY), "False");
         assert_eq!(cond(&missing, CONDITION_REDIS_SYNCED), "Unknown");
-        let failed = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Failed("boom".into()), &t(1));
+        let failed = compute(None, Some(1), "web", "web", Some(&d), &SyncState::Failed("boom".into()), &t(1));
         assert_eq!(cond(&failed, CONDITION_READY), "False");
         assert_eq!(cond(&failed, CONDITION_REDIS_SYNCED), "False");
     }
@@ -932,7 +942,16 @@ mod tests {
     fn a_routestate_that_does_not_own_its_service_says_so_and_publishes_nothing() {
         let s = spec(RoutingStateName::Ready, vec![]);
         let d = derive(&s, 1, &[pod(0, true, false, &[])]);
-        let st = compute_status_with(None, Some(1), "web", "game", Some(&d), &SyncState::Pending, Some("old"), &t(1));
+        let st = compute_status(&StatusInput {
+            old: None,
+            generation: Some(1),
+            statefulset: "web",
+            service: "game",
+            derived: Some(&d),
+            sync: &SyncState::Pending,
+            owner: Some("old"),
+            now: &t(1),
+        });
         let ready = st.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ServiceNameConflict"));
         assert!(
@@ -953,21 +972,21 @@ mod tests {
         let cond =
             |st: &RouteStateStatus, ty: &str| st.conditions.iter().find(|c| c.type_ == ty).unwrap().status.clone();
         // Before the first publish: what the operator expects.
-        let pending = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Pending, &t(1));
+        let pending = compute(None, Some(1), "web", "web", Some(&d), &SyncState::Pending, &t(1));
         assert_eq!((pending.routable_pods, pending.draining_pods), (2, 0));
         // Pod 1 drained itself through its own report: the status shows it.
         let drained = SyncState::Synced(BTreeMap::from([(0, R), (1, D)]));
-        let st = compute_status(None, Some(1), "web", "web", Some(&d), &drained, &t(1));
+        let st = compute(None, Some(1), "web", "web", Some(&d), &drained, &t(1));
         assert_eq!((st.routable_pods, st.draining_pods), (1, 1));
         assert_eq!(st.pods[1].routing_state, Some(RoutingStateName::DenyNewCall));
         assert_eq!((cond(&st, CONDITION_READY), st.workload_state.as_deref()), ("True".into(), Some("Ready")));
         // Nothing takes new users: the workload is NotReady.
         let shut = SyncState::Synced(BTreeMap::from([(0, S), (1, D)]));
-        let st = compute_status(None, Some(1), "web", "web", Some(&d), &shut, &t(1));
+        let st = compute(None, Some(1), "web", "web", Some(&d), &shut, &t(1));
         assert_eq!((st.routable_pods, st.workload_state.as_deref()), (0, Some("NotReady")));
         // A replica missing: NotReady although pods take new users.
         let short = derive(&s, 3, &[pod(0, true, false, &[]), pod(1, true, false, &[])]);
-        let st = compute_status(None, Some(1), "web", "web", Some(&short), &drained, &t(1));
+        let st = compute(None, Some(1), "web", "web", Some(&short), &drained, &t(1));
         assert_eq!(st.workload_state.as_deref(), Some("NotReady"));
     }
 }

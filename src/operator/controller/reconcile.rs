@@ -23,7 +23,7 @@ use crate::{
     core::{ErrorChain, ServicePlan},
     operator::{
         crd::{RouteState, RouteStateStatus},
-        derive::{self, Derived, PodFacts},
+        derive::{self, Derived, PodFacts, StatusInput},
         error::{Error, Result},
     },
 };
@@ -194,15 +194,17 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
     record(ctx, &rs, ns, notes).await;
 
     // Status.
-    let status = derive::compute_status(
-        rs.status.as_ref(),
-        rs.meta().generation,
-        &rs.stateful_set_name(),
-        &service,
-        derived.as_ref(),
-        &ctx.publisher.sync_state(&key),
-        &Time(k8s_openapi::jiff::Timestamp::now()),
-    );
+    let (statefulset, sync) = (rs.stateful_set_name(), ctx.publisher.sync_state(&key));
+    let status = derive::compute_status(&StatusInput {
+        old: rs.status.as_ref(),
+        generation: rs.meta().generation,
+        statefulset: &statefulset,
+        service: &service,
+        derived: derived.as_ref(),
+        sync: &sync,
+        owner: None,
+        now: &Time(k8s_openapi::jiff::Timestamp::now()),
+    });
     if let Some(wait) = patch_status(&rs, ns, ctx, status).await? {
         return Ok(Action::requeue(wait));
     }
@@ -218,16 +220,17 @@ async fn apply_conflict(rs: &RouteState, ns: &str, ctx: &Context, service: &str,
     let note = ctx.seen(&key, |seen| seen.conflicting(service, owner));
     record(ctx, rs, ns, note.into_iter().collect()).await;
     let (_, derived) = plan_for(rs, ns, ctx);
-    let status = derive::compute_status_with(
-        rs.status.as_ref(),
-        rs.meta().generation,
-        &rs.stateful_set_name(),
+    let statefulset = rs.stateful_set_name();
+    let status = derive::compute_status(&StatusInput {
+        old: rs.status.as_ref(),
+        generation: rs.meta().generation,
+        statefulset: &statefulset,
         service,
-        derived.as_ref(),
-        &derive::SyncState::Pending,
-        Some(owner),
-        &Time(k8s_openapi::jiff::Timestamp::now()),
-    );
+        derived: derived.as_ref(),
+        sync: &derive::SyncState::Pending,
+        owner: Some(owner),
+        now: &Time(k8s_openapi::jiff::Timestamp::now()),
+    });
     if let Some(wait) = patch_status(rs, ns, ctx, status).await? {
         return Ok(Action::requeue(wait));
     }
