@@ -4,10 +4,12 @@
 # docs/mutation-testing.md. Installs cargo-mutants when missing.
 #
 # Scope: the crate routestate-core (wire codecs, keys, selection), and the pure parts of the
-# operator: src/operator/derive.rs and the decision functions of src/operator/leader.rs (its
-# async loop is I/O and is tested against the real cluster instead). Each mutant is built and
-# run against the unit tests (`--lib`); about 4 min for the core and 25 min for the operator part
-# on 2 cores.
+# operator: the derivation (derive.rs), the Event diff and the pod index of the controller
+# (controller/events.rs, controller/pods.rs), the status patch interval (reconcile.rs), the error
+# labels (error.rs) and the decision functions of leader.rs (its async loop is I/O and is tested
+# against the real cluster instead). Each mutant is built and run against the unit tests
+# (`--lib`, which include the controller's scenario tests against a scripted API); about 4 min for
+# the core and 30 min for the operator part on 2 cores.
 #
 #   hack/mutants.sh            both parts
 #   hack/mutants.sh core       the core crate only
@@ -27,9 +29,12 @@ if [[ $part == all || $part == core ]]; then
   cargo mutants --package routestate-core --output "$OUT/core" -- --lib || status=$?
 fi
 if [[ $part == all || $part == operator ]]; then
-  # leader.rs: only decide() and claimed(); run/attempt/release talk to the API server.
+  # leader.rs and reconcile.rs: only their pure functions; the rest talks to the API server.
   cargo mutants --package routestate --file src/operator/derive.rs --file src/operator/leader.rs \
-    --re 'derive\.rs|leader\.rs.*\b(decide|claimed)\b' --exclude-re 'ObjectMeta expression in attempt' \
+    --file src/operator/error.rs --file src/operator/controller/events.rs \
+    --file src/operator/controller/pods.rs --file src/operator/controller/reconcile.rs \
+    --re 'derive\.rs|error\.rs|events\.rs|pods\.rs|reconcile\.rs.*\bstatus_patch_wait\b' \
+    --re 'leader\.rs.*\b(decide|claimed|check_timing|validate|claim_validity|valid_at|publish_claim)\b' \
     --output "$OUT/operator" -- --lib || status=$?
 fi
 echo "mutants: reports in $OUT/*/mutants.out (missed.txt, caught.txt, timeout.txt)" >&2

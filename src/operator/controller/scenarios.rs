@@ -390,6 +390,11 @@ async fn status_changes_under_churn_wait_for_the_minimum_interval() {
         .await
         .unwrap();
     assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("Unpublish")), "{event}");
+    assert_eq!(
+        event["related"],
+        json!({"apiVersion": "v1", "kind": "Pod", "namespace": "game", "name": "web-1"}),
+        "{event}"
+    );
     assert_ne!(
         action,
         kube::runtime::controller::Action::requeue(Duration::from_secs(300)),
