@@ -74,6 +74,7 @@ mod tests {
         let e = Outer("config.yaml", Inner);
         assert_eq!(e.chain().to_string(), "reading config.yaml: connection refused");
         assert_eq!(Inner.chain().to_string(), "connection refused");
+        assert_eq!(format!("{:?}", e.chain()), "reading config.yaml: connection refused", "Debug reads as Display");
         let repeated = Outer("x", Inner);
         let embeds = Embeds(repeated);
         assert_eq!(embeds.chain().to_string(), "loading: reading x: connection refused");

@@ -177,6 +177,11 @@ mod tests {
         assert_eq!(got.now_ms, 1_764_000_000_000);
         assert_eq!(got.pods, BTreeMap::from([(0, (250, R)), (2, (4, D))]));
         assert_eq!(got.counts(), [1, 1, 0]);
+        // Two values per pod, whatever the number of pods.
+        let mut one = plan();
+        one.pods.pop_last();
+        assert_eq!(Published::parse(&one, &[1, 250, 0]).unwrap().pods.len(), 1);
+        assert_eq!(Published::parse(&one, &[1, 250, 0, 4]).unwrap_err(), "3 values for 1 pods");
         for (bad, why) in [
             (vec![], "empty"),
             (vec![1, 250, 0], "2 values for 2 pods"),
