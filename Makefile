@@ -11,7 +11,7 @@ help: ## list targets
 test: ## everything, unit to end-to-end: starts the local cluster + Redis if needed, stops what it started
 	hack/test.sh
 
-unit: ## unit tests only (no cluster): the pure core crate and the library's own
+unit: ## unit tests only (no cluster): the core crate and the library's own; the controller's scenario tests start a private redis-server
 	cargo test --workspace --lib
 
 lint: ## rustfmt and clippy, warnings are errors
