@@ -45,6 +45,27 @@ impl ServiceStates {
     }
 }
 
+/// The raw `HGETALL` reply of a state hash.
+pub(crate) type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl ServiceStates {
+    /// Decodes the replies of `HGETALL` of the state hash, `HGET` of the period in the meta hash
+    /// (`meta`, named in the warning about an invalid period) and `TIME`.
+    pub(crate) fn decode(entries: RawEntries, period: Option<Vec<u8>>, (secs, micros): (u64, u64), meta: &str) -> Self {
+        let entries: Vec<(String, String)> =
+            entries.into_iter().map(|(f, v)| (super::lossy(f), super::lossy(v))).collect();
+        let period = period.map(super::lossy);
+        let update_period_secs = period.as_deref().and_then(|p| {
+            let parsed = parse_update_period(p);
+            if parsed.is_none() {
+                tracing::warn!(key = meta, value = %crate::core::pod_state::truncate(p), "ignoring an invalid updatePeriodSeconds");
+            }
+            parsed
+        });
+        ServiceStates { entries, update_period_secs, now_ms: secs * 1000 + micros / 1000 }
+    }
+}
+
 /// Writes a pod state as one argument straight into the command buffer (no temporary String:
 /// state writes are the operator's hot path).
 struct StateArg<'a>(&'a PodState);
@@ -65,19 +86,9 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(&state).cmd("HGET").arg(&meta).arg(UPDATE_PERIOD_FIELD).cmd("TIME");
         let mut conn = self.conn.clone();
-        type Reply = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>, (u64, u64));
-        let (entries, period, (secs, micros)): Reply = self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
-        let entries: Vec<(String, String)> =
-            entries.into_iter().map(|(f, v)| (super::lossy(f), super::lossy(v))).collect();
-        let period = period.map(super::lossy);
-        let update_period_secs = period.as_deref().and_then(|p| {
-            let parsed = parse_update_period(p);
-            if parsed.is_none() {
-                tracing::warn!(key = meta, value = %crate::core::pod_state::truncate(p), "ignoring an invalid updatePeriodSeconds");
-            }
-            parsed
-        });
-        Ok(ServiceStates { entries, update_period_secs, now_ms: secs * 1000 + micros / 1000 })
+        let (entries, period, time): (RawEntries, Option<Vec<u8>>, (u64, u64)) =
+            self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
+        Ok(ServiceStates::decode(entries, period, time, &meta))
     }
 
     /// Writes one pod's state (`HSET`).
