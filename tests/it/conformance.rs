@@ -476,3 +476,86 @@ cases:
     assert!(matches_text("1-${T}-0", "1-5-0", (5, 5)) && !matches_text("1-${T}-0", "1-6-0", (5, 5)));
     assert_eq!(subst("a${NOW-5}b${NOW}c${NOW+1}", "n", 10), "a5b10c11");
 }
+
+/// The original driver's Lua scripts against keys routestate wrote, row by row as the
+/// compatibility table of docs/wire-contract.md §10 states it. The scripts are not part of this
+/// repository: give the folder holding them (`statefulSetLink.lua`, …, as the original driver
+/// ships them) in `ROUTESTATE_ORIGINAL_LUA_DIR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the original driver's scripts: ROUTESTATE_ORIGINAL_LUA_DIR=<dir> cargo test --test it original_driver -- --ignored"]
+async fn original_driver_scripts_against_v1_keys() {
+    use routestate::{
+        core::RoutingState,
+        store::{LinkTtl, PickParams},
+    };
+    let dir = std::env::var("ROUTESTATE_ORIGINAL_LUA_DIR")
+        .expect("ROUTESTATE_ORIGINAL_LUA_DIR: the folder holding the original driver's Lua scripts");
+    let store = crate::support::store::standalone().await;
+    let eval = |name: &str, keys: Vec<String>, argv: Vec<String>| {
+        let path = Path::new(&dir).join(format!("{name}.lua"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut conn = store.conn();
+        async move {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(text).arg(keys.len()).arg(keys).arg(argv);
+            cmd.query_async::<Value>(&mut conn).await.map(to_json).unwrap_or_else(|e| error_json(&e))
+        }
+    };
+    let ns = unique_name("original");
+    let (link, hash, state) =
+        (Keys::link(&ns, "u", "web").unwrap(), Keys::link_hash(&ns, "u").unwrap(), Keys::state(&ns, "web").unwrap());
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // statefulComputeLinkIfAbsent cannot read v1 states (three fields) ...
+    let now = store.server_time_ms().await.unwrap();
+    store.set_pod_states(&ns, "web", &[(0, PodState::new(100, now, RoutingState::Ready))]).await.unwrap();
+    let target = format!("sf:{{{ns}:target}}");
+    let got = eval("statefulComputeLinkIfAbsent", vec![target.clone(), state.clone()], s(&["web", "0"])).await;
+    let msg = got["error"].as_str().unwrap_or_else(|| panic!("no error: {got}"));
+    assert!(msg.contains("attempt to compare number with nil"), "{msg}");
+    // ... but reads the older two-field states, which routestate's readers skip as garbage.
+    let old = unique_name("original-old");
+    let old_state = Keys::state(&old, "web").unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&old_state)
+        .arg("0")
+        .arg(format!("100-{now}"))
+        .arg("1")
+        .arg(format!("50-{now}"))
+        .query_async(&mut store.conn())
+        .await
+        .unwrap();
+    let old_target = format!("sf:{{{old}:target}}");
+    assert_eq!(eval("statefulComputeLinkIfAbsent", vec![old_target, old_state], s(&["web", "0"])).await, json!(["1"]));
+    let read = store.read_service(&old, "web").await.unwrap().snapshot(60_000, 500);
+    assert_eq!((read.pods().count(), read.skipped.len()), (0, 2));
+
+    // statefulSetLink writes what routestate reads as a persistent link; its reply is a list.
+    assert_eq!(eval("statefulSetLink", vec![link.clone(), hash.clone()], s(&["web", "3", "-1"])).await, json!(["-1"]));
+    assert_eq!(store.get_linked_pod_if_persist(&ns, "u", "web").await.unwrap(), Some(3));
+    assert_eq!(store.get_link_services(&ns, "u").await.unwrap().get("web"), Some(&3));
+    assert!(!store.try_set_linked_pod(&ns, "u", "web", 5, LinkTtl::Persistent).await.unwrap().success);
+    // statefulSetLinkIfAbsent and statefulTrySetLink respect routestate's links alike.
+    assert_eq!(
+        eval("statefulSetLinkIfAbsent", vec![link.clone(), hash.clone()], s(&["web", "5", "-1"])).await,
+        json!(["3"])
+    );
+    assert_eq!(
+        eval("statefulTrySetLink", vec![link.clone(), hash.clone()], s(&["web", "5", "-1"])).await,
+        json!(["3"])
+    );
+    assert_eq!(eval("statefulGetLinkIfPersist", vec![link.clone()], vec![]).await, json!(["3"]));
+    assert_eq!(eval("statefulGetLinkService", vec![hash.clone()], vec![]).await, json!(["web", "3"]));
+    // statefulRemoveLink never delays: the link is gone at once even with persistSeconds 60.
+    assert_eq!(eval("statefulRemoveLink", vec![link.clone(), hash.clone()], s(&["web", "60"])).await, json!([1]));
+    assert_eq!(store.get_linked_pod(&ns, "u", "web").await.unwrap(), None);
+    // A temporary link routestate placed: the original's readers see it as not persistent.
+    let params = PickParams { temp_ttl_secs: 300, random: 0, range: 500, fallback_window_ms: 60_000 };
+    assert_eq!(store.pick_and_link(&ns, "u", "web", params).await.unwrap().map(|p| p.pod), Some(0));
+    assert_eq!(eval("statefulGetLinkIfPersist", vec![link.clone()], vec![]).await, json!(["-1"]));
+    assert_eq!(
+        eval("statefulRemoveLinkWithId", vec![link.clone(), hash.clone()], s(&["web", "0", "0"])).await,
+        json!([1])
+    );
+    assert_eq!(store.get_linked_pod(&ns, "u", "web").await.unwrap(), None);
+}
