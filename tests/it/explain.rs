@@ -2,7 +2,8 @@
 //! (through the operator's write path with a live candidate index, and by a v1 writer without
 //! one), explained, and the explanation checked against the selection and against what
 //! `pick_and_link` then really does; nothing is written by an explanation. The binary's
-//! `--explain` text and JSON; and an older two-field state skipped by every reader.
+//! `--explain` text and JSON; an older two-field state skipped by every reader; and the `:` rule
+//! of keys through the binary.
 
 use std::collections::BTreeMap;
 
@@ -250,4 +251,27 @@ async fn a_two_field_state_is_skipped_by_every_reader() {
     assert_eq!(e.pods.iter().map(|p| p.index).collect::<Vec<_>>(), [0]);
     assert_eq!(e.skipped.len(), 1, "{e}");
     assert!(e.skipped[0].field == "1" && e.skipped[0].reason.contains("three"), "{e}");
+}
+
+/// The key rule through the binary: a uid may hold `:` (`state:S` in `n` is a uid, not the state
+/// hash of another namespace), a namespace may not, and the refusal names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colons_are_refused_only_where_keys_would_collide() {
+    let store = support::store::standalone().await;
+    let ns = unique_name("colon");
+    let (code, out, err) = cli(&["links", "set", &format!("{ns}/S2"), "state:S", "1", "--persistent"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(store.get_linked_pod(&ns, "state:S", "S2").await.unwrap(), Some(1));
+    assert!(exists(&store, &format!("sf:{{{ns}:lk:state:S}}")).await, "the uid's persistent links");
+    let other = format!("{ns}:lk");
+    for args in [
+        vec!["links", "set", &format!("{other}/S"), "u", "1", "--persistent"],
+        vec!["pick", &format!("{other}/S")],
+        vec!["pick", &format!("{other}/S"), "--explain"],
+    ] {
+        let (code, out, err) = cli(&args).await;
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains(&format!("{other:?}")) && err.contains("':'"), "{args:?}: {err}");
+    }
+    assert_eq!(store.get_linked_pod(&ns, "state:S", "S2").await.unwrap(), Some(1), "nothing else changed");
 }
