@@ -1,13 +1,15 @@
 //! Explaining placements (`routestate pick --explain`): the reads a placement is decided on,
 //! judged by [`crate::core::explain`]. Nothing is written, with or without a user.
 
-use super::{Store, StoreError, links::link_keys, states::RawEntries, states::ServiceStates};
+use super::{
+    Store, StoreError,
+    links::link_keys,
+    states::{RawEntries, ServiceStates, UPDATE_PERIOD_FIELD},
+};
 use crate::core::{
     Keys,
     explain::{ExplainContext, Explanation, LinkFacts, explain},
 };
-
-use super::states::UPDATE_PERIOD_FIELD;
 
 impl Store {
     /// Explains the placements of a service and, with `uid`, of that user: every pod's state

@@ -21,6 +21,9 @@ pub fn parse_update_period(value: &str) -> Option<u32> {
     parse_field(value).filter(|&p| p > 0)
 }
 
+/// The raw `HGETALL` reply of a state hash.
+pub(crate) type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One service's raw states, its published period and the Redis time, read in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceStates {
@@ -43,12 +46,7 @@ impl ServiceStates {
         let policy = SelectionPolicy { window_ms: self.window_ms(fallback_window_ms), range };
         ServiceSnapshot::from_hash(self.entries.iter().map(|(k, v)| (k, v)), self.now_ms, policy)
     }
-}
 
-/// The raw `HGETALL` reply of a state hash.
-pub(crate) type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
-
-impl ServiceStates {
     /// Decodes the replies of `HGETALL` of the state hash, `HGET` of the period in the meta hash
     /// (`meta`, named in the warning about an invalid period) and `TIME`.
     pub(crate) fn decode(entries: RawEntries, period: Option<Vec<u8>>, (secs, micros): (u64, u64), meta: &str) -> Self {
