@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod error_chain;
+pub mod explain;
 pub mod keys;
 pub mod load;
 pub mod plan;
@@ -16,6 +17,7 @@ pub mod selection;
 pub mod workload;
 
 pub use error_chain::ErrorChain;
+pub use explain::{Explanation, LinkFacts, LinkVerdict};
 pub use keys::{KeyError, Keys, ServiceKeys};
 pub use load::{CpuFactor, MAX_LOAD, weighted_load};
 pub use plan::{PodPlan, Published, ServicePlan, WorkloadPlan};
@@ -23,7 +25,7 @@ pub use pod_index::{PodIndexError, pod_index};
 pub use pod_state::{PodState, PodStateError};
 pub use report::{Floor, PodReport, ReportError, published};
 pub use routing::{RoutingState, RoutingStateError};
-pub use selection::{Classified, PodView, SelectionPolicy, ServiceSnapshot};
+pub use selection::{Classified, PodClass, PodView, SelectionPolicy, ServiceSnapshot};
 pub use workload::{Workload, WorkloadError, WorkloadState};
 
 /// Default range above the least-loaded READY pod within which a pod still counts as "good"

@@ -47,8 +47,60 @@ pub enum Classified {
     Alive(PodState),
 }
 
+/// The class of one pod for placements, in the order the rules are applied: stale first, then
+/// the routing state, then the load. [`classify`] is the one place that decides it; the good
+/// set a pick draws from is exactly the pods of class [`PodClass::Good`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PodClass {
+    /// Its state is older than the staleness window: the pod is not alive, it takes nobody.
+    Stale,
+    /// Alive and SHUTDOWN: takes nothing, its linked users are placed elsewhere.
+    Shutdown,
+    /// Alive and DENY_NEW_CALL: keeps its linked users, takes no new ones.
+    DenyNewCall,
+    /// Alive and READY, but its load is above the least READY load + range.
+    OverRange,
+    /// Alive, READY and within range: a candidate for new users.
+    Good,
+}
+
+impl PodClass {
+    /// Whether users already linked to the pod keep reaching it (alive, not SHUTDOWN).
+    pub fn keeps_linked(self) -> bool {
+        !matches!(self, PodClass::Stale | PodClass::Shutdown)
+    }
+}
+
+/// A load as every reader compares it: at most [`MAX_LOAD`].
+fn comparable_load(state: &PodState) -> u64 {
+    state.weighted_load.min(MAX_LOAD)
+}
+
+/// The least load among alive READY pods: the baseline of the good range.
+fn least_routable_load<'a>(pods: impl IntoIterator<Item = &'a PodView>) -> Option<u64> {
+    pods.into_iter().filter(|p| p.alive && p.state.routing.accepts_new()).map(|p| comparable_load(&p.state)).min()
+}
+
+/// The class of `pod` given the least READY load of its service and the range.
+pub fn classify(pod: &PodView, least_routable: Option<u64>, range: u64) -> PodClass {
+    if !pod.alive {
+        return PodClass::Stale;
+    }
+    match pod.state.routing {
+        RoutingState::Shutdown => PodClass::Shutdown,
+        RoutingState::DenyNewCall => PodClass::DenyNewCall,
+        RoutingState::Ready => {
+            let load = comparable_load(&pod.state);
+            // An alive READY pod is itself routable, so the baseline is at most its own load.
+            let limit = least_routable.unwrap_or(load).saturating_add(range);
+            if load <= limit { PodClass::Good } else { PodClass::OverRange }
+        }
+    }
+}
+
 /// A hash entry that was skipped, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub field: String,
     pub reason: String,
@@ -59,6 +111,7 @@ pub struct Skipped {
 pub struct ServiceSnapshot {
     pods: BTreeMap<u32, PodView>,
     good: Vec<u32>,
+    least_routable: Option<u64>,
     pub now_ms: u64,
     pub policy: SelectionPolicy,
     /// Unparsable entries, skipped (readers never fail on another writer's garbage).
@@ -105,16 +158,28 @@ impl ServiceSnapshot {
             .into_iter()
             .map(|(index, state)| (index, PodView { index, state, alive: state.is_fresh(now_ms, policy.window_ms) }))
             .collect();
-        let routable = || pods.values().filter(|p| p.alive && p.state.routing == RoutingState::Ready);
-        let load = |p: &PodView| p.state.weighted_load.min(MAX_LOAD);
-        let good = match routable().map(load).min() {
-            Some(min) => {
-                let limit = min.saturating_add(policy.range);
-                routable().filter(|p| load(p) <= limit).map(|p| p.index).collect()
-            }
-            None => Vec::new(),
-        };
-        Self { pods, good, now_ms, policy, skipped }
+        let least_routable = least_routable_load(pods.values());
+        let good = pods
+            .values()
+            .filter(|p| classify(p, least_routable, policy.range) == PodClass::Good)
+            .map(|p| p.index)
+            .collect();
+        Self { pods, good, least_routable, now_ms, policy, skipped }
+    }
+
+    /// The class of a pod with a parsable state (`None`: absent).
+    pub fn class(&self, pod: u32) -> Option<PodClass> {
+        self.pods.get(&pod).map(|p| classify(p, self.least_routable, self.policy.range))
+    }
+
+    /// The least load among alive READY pods (`None`: no pod is routable).
+    pub fn least_routable_load(&self) -> Option<u64> {
+        self.least_routable
+    }
+
+    /// The highest load a good pod may have: least READY load + range (saturating).
+    pub fn good_limit(&self) -> Option<u64> {
+        self.least_routable.map(|l| l.saturating_add(self.policy.range))
     }
 
     pub fn classify(&self, pod: u32) -> Classified {
@@ -169,7 +234,7 @@ impl ServiceSnapshot {
     /// [`MAX_LOAD`]), then the pod index compared as text ("10" before "9").
     pub fn good_by_load(&self) -> Vec<u32> {
         let mut good: Vec<(u64, String, u32)> =
-            self.good.iter().map(|&i| (self.pods[&i].state.weighted_load.min(MAX_LOAD), i.to_string(), i)).collect();
+            self.good.iter().map(|&i| (comparable_load(&self.pods[&i].state), i.to_string(), i)).collect();
         good.sort();
         good.into_iter().map(|(_, _, i)| i).collect()
     }

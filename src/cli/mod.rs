@@ -3,6 +3,8 @@
 //! Usage errors (unknown flags, malformed `<ns>/<name>`, inconsistent lease timings) print a
 //! clear message and exit with code 2; runtime failures exit with code 1.
 
+mod explain;
+
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
@@ -37,7 +39,8 @@ pub enum Command {
     /// Read and write sticky user links.
     #[command(subcommand)]
     Links(LinksCommand),
-    /// Pick a pod for new users of a service; with a uid, link the user to it (or keep its link).
+    /// Pick a pod for new users of a service; with a uid, link the user to it (or keep its link);
+    /// with --explain, say why instead (writes nothing).
     Pick(PickArgs),
 }
 
@@ -289,6 +292,14 @@ pub struct PickArgs {
     /// TTL of the temporary link written for a new placement, in seconds.
     #[arg(long, default_value_t = TEMP_LINK_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: u64,
+    /// Explain instead of picking: every pod's state and class, the least load, the range and the
+    /// candidates, and with a uid whether its link is kept or replaced. Writes nothing: with a
+    /// uid, the user is NOT linked.
+    #[arg(long)]
+    pub explain: bool,
+    /// Output of --explain: text for people, json for programs.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text", requires = "explain")]
+    pub output: explain::Output,
     /// Redis connection.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -634,6 +645,11 @@ async fn pick(args: PickArgs) -> Result<(), Failure> {
     let store = Store::connect(&args.redis.options().map_err(Failure::Usage)?).await?;
     let (ns, svc) = (&args.service.namespace, &args.service.name);
     let fallback = staleness_window_ms(DEFAULT_UPDATE_PERIOD_SECS);
+    if args.explain {
+        let e = store.explain_pick(ns, svc, args.uid.as_deref(), args.range, fallback).await?;
+        print!("{}", explain::render(&e, args.output));
+        return Ok(());
+    }
     let random: u32 = rand::random();
     match &args.uid {
         None => {

@@ -175,6 +175,19 @@ impl Client {
         Ok(placed.map(|p| p.pod))
     }
 
+    /// Explains, without writing anything, what [`Client::pick_and_link`] would do for `uid` (or
+    /// a pick for a new user, without one), judged with this client's range and fallback window
+    /// (see [`Store::explain_pick`]). A value to log; its `Display` is the text for people.
+    pub async fn explain_pick(
+        &self,
+        ns: &str,
+        svc: &str,
+        uid: Option<&str>,
+    ) -> Result<crate::core::Explanation, ClientError> {
+        let cfg = self.config();
+        Ok(self.store().explain_pick(ns, svc, uid, cfg.range_for(svc), cfg.fallback_window_ms).await?)
+    }
+
     /// A uniformly random good pod of the service; `None` when nothing is routable.
     pub async fn best_pod(&self, ns: &str, svc: &str) -> Result<Option<u32>, ClientError> {
         self.inner.read.best_pod(ns, svc).await

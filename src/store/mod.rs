@@ -10,6 +10,7 @@ pub mod acl;
 pub mod connection;
 pub mod dataset;
 pub mod error;
+pub mod explain;
 pub mod links;
 pub mod placement;
 pub mod publish;

@@ -21,6 +21,9 @@ pub fn parse_update_period(value: &str) -> Option<u32> {
     parse_index(value).filter(|&p| p > 0)
 }
 
+/// The raw `HGETALL` reply of a state hash.
+pub(crate) type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One service's raw states, its published period and the Redis time, read in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceStates {
@@ -42,6 +45,22 @@ impl ServiceStates {
     pub fn snapshot(&self, fallback_window_ms: u64, range: u64) -> ServiceSnapshot {
         let policy = SelectionPolicy { window_ms: self.window_ms(fallback_window_ms), range };
         ServiceSnapshot::from_hash(self.entries.iter().map(|(k, v)| (k, v)), self.now_ms, policy)
+    }
+
+    /// Decodes the replies of `HGETALL` of the state hash, `HGET` of the period in the meta hash
+    /// (`meta`, named in the warning about an invalid period) and `TIME`.
+    pub(crate) fn decode(entries: RawEntries, period: Option<Vec<u8>>, (secs, micros): (u64, u64), meta: &str) -> Self {
+        let entries: Vec<(String, String)> =
+            entries.into_iter().map(|(f, v)| (super::lossy(f), super::lossy(v))).collect();
+        let period = period.map(super::lossy);
+        let update_period_secs = period.as_deref().and_then(|p| {
+            let parsed = parse_update_period(p);
+            if parsed.is_none() {
+                tracing::warn!(key = meta, value = %crate::core::pod_state::truncate(p), "ignoring an invalid updatePeriodSeconds");
+            }
+            parsed
+        });
+        ServiceStates { entries, update_period_secs, now_ms: crate::core::redis_time_ms(secs, micros) }
     }
 }
 
@@ -65,19 +84,9 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(&state).cmd("HGET").arg(&meta).arg(UPDATE_PERIOD_FIELD).cmd("TIME");
         let mut conn = self.conn.clone();
-        type Reply = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>, (u64, u64));
-        let (entries, period, (secs, micros)): Reply = self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
-        let entries: Vec<(String, String)> =
-            entries.into_iter().map(|(f, v)| (super::lossy(f), super::lossy(v))).collect();
-        let period = period.map(super::lossy);
-        let update_period_secs = period.as_deref().and_then(|p| {
-            let parsed = parse_update_period(p);
-            if parsed.is_none() {
-                tracing::warn!(key = meta, value = %crate::core::pod_state::truncate(p), "ignoring an invalid updatePeriodSeconds");
-            }
-            parsed
-        });
-        Ok(ServiceStates { entries, update_period_secs, now_ms: crate::core::redis_time_ms(secs, micros) })
+        let (entries, period, time): (RawEntries, Option<Vec<u8>>, (u64, u64)) =
+            self.timed(OP, &state, pipe.query_async(&mut conn)).await?;
+        Ok(ServiceStates::decode(entries, period, time, &meta))
     }
 
     /// Writes one pod's state (`HSET`).

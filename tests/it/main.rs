@@ -12,6 +12,8 @@ mod chart_static;
 mod client_read_model;
 mod client_role;
 mod cluster_smoke;
+mod conformance;
+mod explain;
 mod image_oci;
 mod kubectl_experience;
 mod kubectl_make_run;

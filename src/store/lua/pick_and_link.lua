@@ -2,7 +2,8 @@
 -- KEYS: [1] link, [2] link hash, and with mode 'redis' also [3] state hash sf:{<ns>:state:<svc>},
 --       [4] its meta hash and, optionally (v1.1), [5] its candidate index (standalone Redis: all
 --       on one server).
--- ARGV: [1] svc, [2] temporary TTL seconds (> 0), [3] random u32, [4] good range, [5] mode,
+-- ARGV: [1] svc, [2] temporary TTL seconds (> 0), [3] random u32, [4] good range (0 .. 2^53),
+--   [5] mode; integers are decimal digit strings, times and windows at most 2^53:
 --   mode 'redis':  [6] fallback staleness window ms (used when the meta hash has no valid
 --                  updatePeriodSeconds); time from this server's TIME;
 --   mode 'inline': [6] now ms, [7] staleness window ms, [8..] state hash field, value pairs
@@ -16,7 +17,8 @@
 -- then the k-th good pod in the index's order (load, then index as text), k = random mod #good.
 -- Without it, every entry of the state hash is judged (v1): the pick is good[random mod #good]
 -- in ascending pod index.
-local svc, ttl, random, range, mode = ARGV[1], ttl_of(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local svc, ttl, mode = ARGV[1], ttl_of(ARGV[2]), ARGV[5]
+local random, range = uint_of(ARGV[3], '4294967295'), uint_of(ARGV[4], '9007199254740992')
 if ttl == nil or ttl == -1 or random == nil or range == nil then
   return redis.error_reply('ERR routestate pick_and_link: bad ttl, random or range')
 end
@@ -24,10 +26,11 @@ if mode ~= 'redis' and mode ~= 'inline' then
   return redis.error_reply('ERR routestate pick_and_link: mode must be redis or inline')
 end
 
-local function link(pod, cur)
+-- The new link is temporary, so the service leaves the persistent hash whatever K1 held (a
+-- persistent link to a pod no longer available, a value that is no pod index, or nothing).
+local function link(pod)
   redis.call('SET', KEYS[1], pod, 'EX', ttl)
-  -- A replaced persistent link (to a pod no longer available) leaves the persistent hash.
-  if cur ~= -1 then redis.call('HDEL', KEYS[2], svc) end
+  redis.call('HDEL', KEYS[2], svc)
   return {tonumber(pod), 1}
 end
 
@@ -43,20 +46,20 @@ if mode == 'redis' and KEYS[5] then
     if first[1] == '~' then return {-1, 0} end
     local n = redis.call('ZCOUNT', KEYS[5], '-inf', tonumber(first[2]) + range)
     local k = random % n
-    if k == 0 then return link(first[1], cur) end
-    return link(redis.call('ZRANGE', KEYS[5], k, k)[1], cur)
+    if k == 0 then return link(first[1]) end
+    return link(redis.call('ZRANGE', KEYS[5], k, k)[1])
   end
 end
 
 local now, window, entries, first
 if mode == 'redis' then
   now = server_ms()
-  window = tonumber(ARGV[6])
+  window = uint_of(ARGV[6], '9007199254740992')
   local period = pod_of(redis.call('HGET', KEYS[4], 'updatePeriodSeconds'))
   if period > 0 then window = period * 3000 end
   first = 1  -- entries: read below, only when the existing link cannot be kept
 else
-  now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+  now, window = uint_of(ARGV[6], '9007199254740992'), uint_of(ARGV[7], '9007199254740992')
   entries = ARGV
   first = 8
 end
@@ -116,4 +119,4 @@ else
   table.sort(good)
   pod = good[(random % n_good) + 1]
 end
-return link(pod, cur)
+return link(pod)

@@ -5,7 +5,7 @@
 -- Returns {0, -1} when the index is not live (the caller judges the whole hash instead, v1);
 -- {1, cur} when the current link's pod is available (keep it); {3, -1} when no pod takes new
 -- users; else {2, pod}: the pick, chosen as pick_and_link.lua chooses with a live index.
-local cur, random, range = pod_of(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cur, random, range = pod_of(ARGV[1]), uint_of(ARGV[2], '4294967295'), uint_of(ARGV[3], '9007199254740992')
 if random == nil or range == nil then return redis.error_reply('ERR routestate pick_candidate: bad random or range') end
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if #first == 0 then return {0, -1} end

@@ -11,9 +11,9 @@
 -- pod that is no longer published disappears from all three; its report is kept unless its index
 -- is at or above the replicas (gone for good). The index lives for one staleness window.
 -- Returns {now, load1, routing1, load2, routing2, ...} in ARGV order.
-local period, ppm, replicas = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if not period or period < 1 or period % 1 ~= 0 or not ppm or ppm < 0 or ppm > 1000000 or ppm % 1 ~= 0
-    or not replicas or replicas < 0 or (#ARGV - 3) % 3 ~= 0 then
+-- The period is a u32 (readers ignore a larger one), the factor at most 10^6, replicas a u32.
+local period, ppm, replicas = uint_of(ARGV[1], '4294967295'), uint_of(ARGV[2], '1000000'), uint_of(ARGV[3], '4294967295')
+if not period or period < 1 or not ppm or not replicas or (#ARGV - 3) % 3 ~= 0 then
   return redis.error_reply('ERR routestate publish: bad period, cpu factor, replicas or pod list')
 end
 local now = server_ms()

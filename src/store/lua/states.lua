@@ -16,6 +16,16 @@ local function u64_of(s)
   return tonumber(s)
 end
 
+-- A decimal digit string (no sign, no point, no exponent) whose value is at most hi (canonical
+-- decimal text, at most 2^53), as a number, else nil: the script arguments that are integers
+-- (random, range, times, period). Compared as text: tonumber rounds above 2^53.
+local function uint_of(v, hi)
+  if type(v) ~= 'string' or not find(v, '^%d+$') then return nil end
+  local digits = string.gsub(v, '^0+', '')
+  if #digits > #hi or (#digits == #hi and digits > hi) then return nil end
+  return tonumber(v)
+end
+
 local function clamp(n)
   if n > MAX_LOAD then return MAX_LOAD end
   return n
