@@ -49,8 +49,13 @@ async fn restart_and_count(
 ) -> (usize, usize) {
     tokio::task::block_in_place(|| node.restart());
     let store = Store::connect(&RedisOptions::standalone(node.url())).await.unwrap();
+    // Redis answers some commands (TIME among them) while it still loads the AOF, and refuses
+    // scripts with BUSY/LOADING until it is done: wait for `loading:0`.
     wait_for("the restarted server to have loaded its data", Duration::from_secs(30), || async {
-        store.server_time_ms().await.map_err(|e| e.to_string())
+        let mut conn = store.conn();
+        let info: String =
+            redis::cmd("INFO").arg("persistence").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        if info.lines().any(|l| l.trim() == "loading:0") { Ok(()) } else { Err(format!("still loading: {info:.200}")) }
     })
     .await;
     let mut missing = 0;
