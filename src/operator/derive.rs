@@ -761,6 +761,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(controlling_statefulset(&p), Some("web"));
+        // Only a controller reference of kind StatefulSet in an apps/ version counts.
+        for (api_version, kind, controller) in
+            [("apps/v1", "ReplicaSet", true), ("apps/v1", "StatefulSet", false), ("v1", "StatefulSet", true)]
+        {
+            let other: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-2",
+                "ownerReferences": [{"apiVersion": api_version, "kind": kind, "name": "web", "uid": "u", "controller": controller}]}}))
+            .unwrap();
+            assert_eq!(controlling_statefulset(&other), None, "{api_version} {kind} controller={controller}");
+        }
         let f = pod_facts(&p, "web").unwrap();
         assert_eq!((f.index, f.ready, f.terminating), (2, true, true));
         assert_eq!(f.annotations.keys().collect::<Vec<_>>(), ["routestate.dev/load"]);
