@@ -504,6 +504,7 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         &ctx.publisher.sync_state(&key),
         &now,
     );
+    ctx.metrics.observe_status(&key, &status.conditions);
     if rs.status.as_ref() != Some(&status) {
         if !*ctx.leader.borrow() {
             return Err(Error::NotLeader("patch status"));
@@ -525,6 +526,7 @@ async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action>
     let key = ObjectRef::from_obj(rs.as_ref());
     ctx.publisher.remove(&key, ns, &rs.service_name()).await?;
     ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    ctx.metrics.forget(&key);
     let note = format!("deleted the Redis keys of service {} (links are kept)", rs.service_name());
     publish_event(ctx, &rs.object_ref(&()), None, EventType::Normal, "Cleanup", "Delete", note).await;
     Ok(Action::await_change())

@@ -253,7 +253,7 @@ impl Publisher {
                     e.sync = SyncState::Pending;
                 }
                 drop(entries);
-                self.metrics.leader.set(i64::from(is_leader));
+                self.metrics.set_leader(is_leader);
                 term_changed = false;
             }
             if is_leader {
@@ -304,6 +304,7 @@ impl Publisher {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for ((key, plan, _), result) in due.into_iter().zip(results) {
             let Some(e) = entries.get_mut(&key) else { continue };
+            self.metrics.observe_publish(&key, plan.period_secs, plan.pods.values(), result.is_ok());
             let sync = match result {
                 Ok(fields) => {
                     self.note_redis(true);
