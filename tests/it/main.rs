@@ -13,6 +13,7 @@ mod client_role;
 mod cluster_smoke;
 mod kubectl_experience;
 mod kubectl_make_run;
+mod observe_prometheus;
 mod operator_cli;
 mod operator_core;
 mod operator_crd;
