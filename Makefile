@@ -55,8 +55,15 @@ chart-lint: ## helm lint (strict) and render the chart
 	helm=$$(command -v helm || echo "$$(hack/testbin/build.sh)/helm"); \
 	"$$helm" lint --strict charts/routestate && "$$helm" template routestate charts/routestate >/dev/null
 
-image: ## build the container image routestate:dev (needs a Docker engine; none runs on the team machines)
+image: ## build the container image routestate:dev with Docker (elsewhere: make image-oci)
 	docker build -t routestate:dev .
+
+.PHONY: image-oci image-load
+image-oci: ## the operator and example game-server images as OCI archives in target/images/, without Docker
+	hack/image/build.sh
+
+image-load: ## image-oci, then import both images into the local cluster's real node
+	hack/image/build.sh load
 
 # --- reliability: soak, fuzz and mutation testing; each starts what it needs privately ---
 .PHONY: soak fuzz mutants

@@ -4,33 +4,42 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example server
 //! ```
 //!
-//! In a real pod the transport is `routestate::operator::AnnotationTransport::from_env(client)`,
-//! which hands the reports to the operator through the pod's annotations. Here a transport that
-//! prints stands in for it, which also shows how small the [`StateTransport`] trait is.
+//! The pod reports through `RedisTransport`, the default: each report is one script in Redis,
+//! published at once under the operator's floor. Without an operator the example plays its part
+//! for one tick (a floor for pod 2, as the operator writes it while the pod is Ready), so the
+//! reports are published; a pod without a floor has its reports stored, not published. Pods
+//! without Redis credentials use `AnnotationTransport::from_env(client)` instead (the reports go
+//! through the pod's annotations).
 
 use std::{
+    collections::BTreeMap,
     error::Error,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use routestate::{
-    core::RoutingState,
-    server::{
-        CancellationToken, OwnedLink, ServerConfig, ServerDriver, ServerReport, StateTransport, StopOutcome,
-        TransportError,
-    },
+    core::{CpuFactor, Floor, PodPlan, PodReport, RoutingState, ServicePlan},
+    server::{CancellationToken, OwnedLink, RedisTransport, ServerConfig, ServerDriver, StopOutcome},
     store::{RedisOptions, Store},
 };
 
-/// Prints every report instead of patching pod annotations.
-struct PrintTransport;
-
-impl StateTransport for PrintTransport {
-    async fn publish(&self, report: ServerReport) -> Result<(), TransportError> {
-        println!("report: load {} waiting {} routing {}", report.load_state, report.waiting_tasks, report.routing);
-        Ok(())
+/// What the operator publishes for a service whose pod 2 is Ready: its floor (READY).
+async fn operator_tick(store: &Store, ns: &str) -> Result<(), Box<dyn Error>> {
+    let pod = PodPlan { floor: Floor { routing: RoutingState::Ready, load: None }, report: PodReport::default() };
+    let plan = ServicePlan {
+        namespace: ns.into(),
+        service: "game".into(),
+        period_secs: 10,
+        cpu_factor: CpuFactor::DEFAULT,
+        replicas: 3,
+        pods: BTreeMap::from([(2, pod)]),
+        workload: None,
+    };
+    for result in store.publish(&[plan]).await {
+        result?;
     }
+    Ok(())
 }
 
 #[tokio::main]
@@ -38,11 +47,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let ns = std::env::var("EXAMPLE_NAMESPACE").unwrap_or_else(|_| "routestate-example".into());
     let store = Store::connect(&RedisOptions::standalone(&url)).await?;
+    operator_tick(&store, &ns).await?;
 
     // This process plays pod game-2 of namespace `ns`, with a short drain for the example.
     let mut config = ServerConfig::new(&ns, "game", 2);
     config.drain_window = Some(Duration::from_millis(500));
-    let driver = ServerDriver::new(store, PrintTransport, config)?;
+    let transport = RedisTransport::new(store.clone(), &ns, "game", 2)?;
+    let driver = ServerDriver::new(store.clone(), transport, config)?;
     // The users this pod owns, as the application tracks them. Should Redis come back empty (a
     // restart without persistence), the driver notices within a period and writes these links
     // again, set-if-absent, from this list.
@@ -54,6 +65,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     driver.start().await?;
     driver.set_load_state(250).await?;
     driver.set_waiting_tasks(4).await?;
+    // Published at once: 0.7 × 4 + 0.3 × 250 = 77.
+    let states = store.read_service(&ns, "game").await?;
+    println!("published: {:?}", states.entries);
+    assert!(states.entries.iter().any(|(pod, state)| pod == "2" && state.starts_with("77-")));
 
     // Claim a user for this pod: a persistent link, which clients never move elsewhere.
     let previous = driver.set_linked_pod(&ns, "dave", "game", 2).await?;
@@ -77,5 +92,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let outcome = driver.stop(&CancellationToken::new()).await?;
     println!("stopped: {outcome:?}");
     assert_eq!(outcome, StopOutcome::Drained);
+    store.remove_service(&ns, "game").await?;
     Ok(())
 }

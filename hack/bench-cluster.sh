@@ -10,6 +10,9 @@
 #     (a GET of the RouteState), and a Redis round trip.
 #  9. footprint with 2 000 pods (20 StatefulSets × 100): the operator's VmRSS (goal ≤ 64 MiB)
 #     and CPU per heartbeat period (every pod republished), from /proc.
+# 11. the server role's two report paths at 1 000 pods (hack/bench-reports.py): through the pods'
+#     annotations (sustained rate, report → Redis p50/p99, API server and operator CPU per
+#     report) and straight to Redis (operator and Redis CPU per report).
 # Each figure is the median over RUNS runs. Output lines start with "system/".
 #
 #   hack/bench-cluster.sh              RUNS=5, release build
@@ -24,8 +27,8 @@ PROFILE=${PROFILE:-release}
 
 log() { echo "bench-cluster: $*" >&2; }
 
-if [[ $PROFILE == release ]]; then cargo build --release --bin routestate >&2; BIN=$ROOT/target/release/routestate
-else cargo build --bin routestate >&2; BIN=$ROOT/target/debug/routestate; fi
+if [[ $PROFILE == release ]]; then cargo build --release --bin routestate >&2; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/routestate
+else cargo build --bin routestate >&2; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/routestate; fi
 
 export CLUSTER_DIR=${BENCH_CLUSTER_DIR:-$(mktemp -d /tmp/routestate-bench.XXXXXX)}
 OP_PID=""
@@ -200,6 +203,11 @@ print("system/footprint %d pods: VmRSS %.1f MiB (goal <= 64 MiB), CPU %.1f ms pe
 PY
 }
 footprint 1000
+
+# The two report paths of the server role at 1 000 pods (hack/bench-reports.py): through the pods'
+# annotations (API server + operator on the path) and straight to Redis (neither).
+python3 hack/bench-reports.py "$API" "$ADMIN_TOKEN" "$REDIS_PORT" "$NS" 10 "$OP_PID" \
+  "$(cat "$CLUSTER_DIR/pids/kube-apiserver.pid")" "$(cat "$CLUSTER_DIR/pids/redis.pid")"
 
 log "2 000 pods: 10 more StatefulSets"
 add_services 10 20

@@ -2,7 +2,8 @@
 # The local test cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
 # (built from Go modules by hack/testbin/build.sh), plus a standalone redis-server and a 3-master
 # Redis Cluster, all on free loopback ports. Processes are tracked by PID in $CLUSTER_DIR and
-# only those are ever stopped.
+# only those are ever stopped. Then a real node (kubelet + containerd, hack/node.sh) when this
+# machine allows it (root); CLUSTER_NODE=0 leaves it out.
 #
 #   hack/cluster.sh up            start everything not already running (idempotent)
 #   hack/cluster.sh down          stop what `up` started, remove the folder
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.cluster}
 D=$CLUSTER_DIR
 START_TIMEOUT=${START_TIMEOUT:-120}
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok redis redis-cluster)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok redis redis-cluster node)
 
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -39,6 +40,9 @@ while True:
         print(p); break
 PY
 }
+
+# shellcheck source=hack/node.sh
+source "$ROOT/hack/node.sh"
 
 pid_of() { [[ -f $D/pids/$1.pid ]] && cat "$D/pids/$1.pid"; }
 running() { local p; p=$(pid_of "$1") || return 1; kill -0 "$p" 2>/dev/null; }
@@ -112,16 +116,22 @@ start_etcd() {
 
 start_kube_apiserver() {
   [[ -f $D/pki/sa.key ]] || openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
+  ensure_pki
   echo "$ADMIN_TOKEN,admin,admin-uid,system:masters" >"$D/tokens.csv"
+  # Client certificates signed by the cluster CA authenticate the kubelet, and the API server
+  # authenticates to the kubelet with its own; the Node authorizer scopes each kubelet.
   launch kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
-    --cert-dir="$D/pki" --token-auth-file="$D/tokens.csv" --authorization-mode=RBAC \
+    --cert-dir="$D/pki" --tls-cert-file="$D/pki/apiserver.crt" --tls-private-key-file="$D/pki/apiserver.key" \
+    --client-ca-file="$D/pki/ca.crt" --kubelet-certificate-authority="$D/pki/ca.crt" \
+    --kubelet-client-certificate="$D/pki/apiserver-kubelet-client.crt" --kubelet-client-key="$D/pki/apiserver-kubelet-client.key" \
+    --token-auth-file="$D/tokens.csv" --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$D/pki/sa.key" --service-account-signing-key-file="$D/pki/sa.key" \
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none --allow-privileged=true \
-    --disable-admission-plugins=ServiceAccount,TaintNodesByCondition --v=1
+    --disable-admission-plugins=TaintNodesByCondition --v=1
   wait_for kube-apiserver curl -sfk "https://127.0.0.1:$API_PORT/readyz"
 }
 
@@ -133,7 +143,7 @@ clusters:
 - name: routestate-test
   cluster:
     server: https://127.0.0.1:$API_PORT
-    certificate-authority: $D/pki/apiserver.crt
+    certificate-authority: $D/pki/ca.crt
 users:
 - name: admin
   user:
@@ -150,7 +160,8 @@ start_kube_controller_manager() {
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
     --service-account-private-key-file="$D/pki/sa.key" --use-service-account-credentials=false \
-    --controllers=statefulset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,replicaset-controller,deployment-controller,job-controller,endpointslice-controller,endpoints-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,disruption-controller \
+    --root-ca-file="$D/pki/ca.crt" \
+    --controllers=statefulset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,replicaset-controller,deployment-controller,job-controller,endpointslice-controller,endpoints-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,disruption-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
     --concurrent-statefulset-syncs=10 --kube-api-qps=200 --kube-api-burst=400 --v=1
   wait_for kube-controller-manager curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
 }
@@ -164,7 +175,8 @@ start_kube_scheduler() {
 
 start_kwok() {
   launch kwok "$BIN/kwok" --kubeconfig="$D/kubeconfig" --config="$BIN/kwok-stages.yaml" \
-    --manage-all-nodes=true --cidr=10.244.0.0/16 --node-ip=192.0.2.10
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr=10.244.0.0/16 --node-ip=192.0.2.10
   # kwok has no health endpoint without --server-address; it is healthy once it made our node Ready.
   "$KUBECTL" --kubeconfig="$D/kubeconfig" apply -f - >/dev/null <<'NODE'
 apiVersion: v1
@@ -227,11 +239,14 @@ export ROUTESTATE_CLUSTER_DIR=$D
 export ROUTESTATE_TESTBIN=$BIN
 export PATH=$BIN:\$PATH
 ENV
+  node_env >>"$D/env"
 }
 
 component_running() {
   case $1 in
     redis-cluster) running redis-cluster-0 && running redis-cluster-1 && running redis-cluster-2 ;;
+    # An absent node (no root, CLUSTER_NODE=0, failed start) is a state, not a fault.
+    node) [[ -f $D/node/state ]] && node_status ;;
     *) running "$1" ;;
   esac
 }
@@ -248,6 +263,7 @@ start_component() {
     kwok) start_kwok ;;
     redis) start_redis ;;
     redis-cluster) start_redis_cluster ;;
+    node) start_node ;;
     *) die "unknown component '$1' (one of: ${COMPONENTS[*]})" ;;
   esac
   log "$1 up in $((SECONDS - t0))s"
@@ -271,6 +287,7 @@ stop_pid_file() {
 stop_component() {
   case $1 in
     redis-cluster) for i in 0 1 2; do stop_pid_file "$D/pids/redis-cluster-$i.pid"; done ;;
+    node) stop_node; rm -f "$D/node/state" ;;
     *) [[ " ${COMPONENTS[*]} " == *" $1 "* ]] || die "unknown component '$1' (one of: ${COMPONENTS[*]})"
        stop_pid_file "$D/pids/$1.pid" ;;
   esac
@@ -302,7 +319,7 @@ case $cmd in
     ;;
   down)
     if [[ -d $D ]]; then
-      for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd redis redis-cluster; do stop_component "$c"; done
+      for c in node kwok kube-scheduler kube-controller-manager kube-apiserver etcd redis redis-cluster; do stop_component "$c"; done
       rm -rf "$D"
     fi
     ;;

@@ -38,7 +38,8 @@ for t in "${targets[@]}"; do
   log="fuzz/artifacts/$t.log"
   mkdir -p fuzz/artifacts
   status=0
-  cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1 \
+  cargo +nightly fuzz run "${BUILD_ARGS[@]}" ${CARGO_TARGET_DIR:+--target-dir "$CARGO_TARGET_DIR/fuzz"} "$t" \
+    -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1 \
     || status=$?
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|.*Test unit written)' \
     "$log" >&2 || true

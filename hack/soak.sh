@@ -31,7 +31,7 @@ log() { echo "soak: $(date -u +%H:%M:%S) $*" >&2; }
 violations=0
 violation() { violations=$((violations + 1)); log "VIOLATION: $*"; }
 cargo build --bin routestate >&2
-BIN=$ROOT/target/debug/routestate
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/routestate
 
 export CLUSTER_DIR=$(mktemp -d /tmp/routestate-soak.XXXXXX)
 OP_PID=""

@@ -10,10 +10,16 @@ step() { echo "== test: $* ($((SECONDS - t0))s)" >&2; }
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
 
+# Compiled artifacts live outside the repository, like the Go test binaries, so a fresh clone
+# compiles only routestate itself, not its dependencies again (cargo keeps them apart per
+# source and profile). CARGO_TARGET_DIR overrides it.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routestate-target}
+
 # Build the Go binaries first: on a cold machine this is the long part, and a failure here
 # should say so before anything else runs.
 step "test binaries"
 hack/testbin/build.sh >/dev/null
+hack/testbin/build.sh node >/dev/null
 
 started=0
 if [[ -n ${TEST_KUBECONFIG:-} ]]; then
@@ -30,6 +36,15 @@ else
 fi
 cleanup() { if ((started)); then step "stopping the local cluster"; hack/cluster.sh down; fi; }
 trap cleanup EXIT
+
+# --- real node: the images its tests run (one release build for both) ---
+if [[ -n ${ROUTESTATE_NODE:-} ]]; then
+  step "images for the real node (make image-load)"
+  hack/image/build.sh load
+else
+  echo "== test: NO real node (${ROUTESTATE_NODE_ABSENT:-not this cluster}): its tests will fail with that reason" >&2
+fi
+# --- end real node ---
 
 step "lint"
 cargo fmt --all -- --check

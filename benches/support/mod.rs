@@ -68,6 +68,22 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// `redis-cli ARGS` with `input` on stdin (e.g. `-x SCRIPT LOAD`).
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing to redis-cli");
+        let out = child.wait_with_output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Requests/s of one `redis-benchmark` run of `command` with `clients` connections and
     /// `pipeline` requests per round trip. `__rand_int__` in the command becomes a random number
     /// below [`RANDOM_KEYS`] per request (`-r`; without it redis-benchmark sends the literal
@@ -87,6 +103,24 @@ impl RedisServer {
             .filter_map(|l| l.split(',').nth(1).and_then(|v| v.trim_matches('"').parse::<f64>().ok()))
             .next_back()
             .unwrap_or_else(|| panic!("no requests/s in redis-benchmark output {text:?}"))
+    }
+}
+
+impl RedisServer {
+    /// Requests/s of one `redis-benchmark` run of `command` (pipeline 1), and the Redis server
+    /// time per call of its command in µs (`INFO commandstats`, reset right before).
+    pub fn rps_and_usec(&self, clients: usize, requests: usize, command: &[String]) -> (f64, f64) {
+        self.cli(&["CONFIG", "RESETSTAT"]);
+        let rps = self.rps(clients, requests, 1, command);
+        let name = command[0].to_lowercase();
+        let stats = self.cli(&["INFO", "commandstats"]);
+        let usec = stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:")))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec_per_call=")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no usec_per_call of {name} in {stats:?}"));
+        (rps, usec)
     }
 }
 

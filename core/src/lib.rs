@@ -3,16 +3,23 @@
 //! every rule is tested exhaustively (unit and property tests) and shared by the library, the
 //! operator and the Lua scripts' reference model.
 
+pub mod annotations;
 pub mod keys;
+pub mod load;
+pub mod plan;
 pub mod pod_index;
 pub mod pod_state;
+pub mod report;
 pub mod routing;
 pub mod selection;
 pub mod workload;
 
-pub use keys::{KeyError, Keys};
+pub use keys::{KeyError, Keys, ServiceKeys};
+pub use load::{CpuFactor, MAX_LOAD, weighted_load};
+pub use plan::{PodPlan, Published, ServicePlan, WorkloadPlan};
 pub use pod_index::{PodIndexError, pod_index};
-pub use pod_state::{PodState, PodStateError, weighted_load};
+pub use pod_state::{PodState, PodStateError};
+pub use report::{Floor, PodReport, ReportError, published};
 pub use routing::{RoutingState, RoutingStateError};
 pub use selection::{Classified, PodView, SelectionPolicy, ServiceSnapshot};
 pub use workload::{Workload, WorkloadError, WorkloadState};
@@ -29,7 +36,8 @@ pub const TEMP_LINK_TTL_SECS: u64 = 300;
 /// Local link-cache TTL of clients: shorter than the temporary link so a cached pod never
 /// outlives its link in Redis.
 pub const LINK_CACHE_TTL_SECS: u64 = 240;
-/// Default weighting between waiting tasks and load state.
+/// Default weighting between waiting tasks and load state (as the CRD spells it; the arithmetic
+/// uses [`CpuFactor::DEFAULT`]).
 pub const DEFAULT_CPU_FACTOR: f64 = 0.7;
 
 /// The staleness window for a service published with `update_period_secs`.

@@ -1,5 +1,5 @@
 //! The pod state string `<weightedLoad>-<updateEpochMillis>-<routingState>` stored as a field
-//! of `sf:{<ns>:state:<svc>}`, and the load weighting formula.
+//! of `sf:{<ns>:state:<svc>}`.
 
 use std::fmt;
 
@@ -36,17 +36,16 @@ impl PodState {
 
     /// Parses the wire encoding strictly: three decimal fields, no signs, no spaces.
     pub fn parse(value: &str) -> Result<Self, PodStateError> {
-        let bad = |reason| PodStateError::Malformed { value: truncate(value), reason };
-        if value.len() > MAX_STATE_LEN {
-            return Err(bad("too long"));
-        }
-        let mut parts = value.split('-');
-        let (Some(load), Some(ts), Some(state), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected exactly three '-'-separated fields"));
-        };
-        let weighted_load = parse_decimal(load).ok_or_else(|| bad("weighted load is not a non-negative integer"))?;
-        let updated_at_ms = parse_decimal(ts).ok_or_else(|| bad("update time is not a non-negative integer"))?;
-        let routing = RoutingState::parse_ordinal(state).map_err(|_| bad("routing state is not 0, 1 or 2"))?;
+        let (weighted_load, updated_at_ms, routing) = parse_triple(value).map_err(|bad| {
+            let reason = match bad {
+                BadTriple::TooLong => "too long",
+                BadTriple::Shape => "expected exactly three '-'-separated fields",
+                BadTriple::First => "weighted load is not a non-negative integer",
+                BadTriple::Second => "update time is not a non-negative integer",
+                BadTriple::Routing => "routing state is not 0, 1 or 2",
+            };
+            PodStateError::Malformed { value: truncate(value), reason }
+        })?;
         Ok(Self { weighted_load, updated_at_ms, routing })
     }
 
@@ -67,7 +66,34 @@ impl fmt::Display for PodState {
     }
 }
 
-fn parse_decimal(s: &str) -> Option<u64> {
+/// What is wrong with a `<a>-<b>-<routing>` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadTriple {
+    TooLong,
+    Shape,
+    First,
+    Second,
+    Routing,
+}
+
+/// `<a>-<b>-<routing>`: two decimal u64 fields (digits only, leading zeros allowed) and a routing
+/// ordinal, at most [`MAX_STATE_LEN`] bytes — the shape of pod states and of pod reports.
+pub(crate) fn parse_triple(value: &str) -> Result<(u64, u64, RoutingState), BadTriple> {
+    if value.len() > MAX_STATE_LEN {
+        return Err(BadTriple::TooLong);
+    }
+    let mut parts = value.split('-');
+    let (Some(a), Some(b), Some(state), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(BadTriple::Shape);
+    };
+    let a = parse_decimal(a).ok_or(BadTriple::First)?;
+    let b = parse_decimal(b).ok_or(BadTriple::Second)?;
+    let routing = RoutingState::parse_ordinal(state).map_err(|_| BadTriple::Routing)?;
+    Ok((a, b, routing))
+}
+
+/// A decimal u64: digits only (leading zeros allowed), no sign, no space.
+pub(crate) fn parse_decimal(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -85,18 +111,6 @@ pub fn truncate(value: &str) -> String {
         end -= 1;
     }
     format!("{}…({} bytes)", &value[..end], value.len())
-}
-
-/// weightedLoad = trunc(cpuFactor × waitingTasks + (1 − cpuFactor) × loadState).
-///
-/// `cpu_factor` is clamped to [0, 1] (the CRD and config reject values outside it; the clamp
-/// keeps a bad embedder value from producing a negative load). The result saturates at
-/// `u64::MAX`; above 2^53 the f64 arithmetic loses precision, far beyond any real load.
-pub fn weighted_load(cpu_factor: f64, waiting_tasks: u64, load_state: u64) -> u64 {
-    let f = if cpu_factor.is_nan() { 0.0 } else { cpu_factor.clamp(0.0, 1.0) };
-    let w = f * waiting_tasks as f64 + (1.0 - f) * load_state as f64;
-    // `as` saturates for floats, and trunc is the original's int() conversion.
-    w.trunc() as u64
 }
 
 #[cfg(test)]
@@ -176,20 +190,6 @@ mod tests {
         assert!(s.is_fresh(5_000, 0), "a state from the future is fresh");
     }
 
-    #[test]
-    fn weighting_matches_the_formula_without_the_precedence_bug() {
-        assert_eq!(weighted_load(0.7, 100, 200), 130); // 70 + 60
-        assert_eq!(weighted_load(0.0, 100, 200), 200);
-        assert_eq!(weighted_load(1.0, 100, 200), 100);
-        assert_eq!(weighted_load(0.5, 3, 0), 1); // 1.5 truncates
-        // The original's bug, cpu*wait + (1 - cpu*load), decreases with load; ours grows.
-        assert!(weighted_load(0.5, 0, 1000) > weighted_load(0.5, 0, 10));
-        assert_eq!(weighted_load(2.0, 7, 9), 7, "cpu factor clamps to 1");
-        assert_eq!(weighted_load(-1.0, 7, 9), 9, "cpu factor clamps to 0");
-        assert_eq!(weighted_load(f64::NAN, 7, 9), 9);
-        assert_eq!(weighted_load(0.0, 0, u64::MAX), u64::MAX);
-    }
-
     /// One `-`-separated field as a writer might get it right or wrong: digits (with leading
     /// zeros, or too many for a u64), empty, signed, spaced or not a number.
     fn field() -> impl Strategy<Value = String> {
@@ -253,10 +253,5 @@ mod tests {
             }
         }
 
-        #[test]
-        fn weighted_load_lies_between_its_inputs(f in 0.0f64..=1.0, w in 0u64..1_000_000_000, l in 0u64..1_000_000_000) {
-            let got = weighted_load(f, w, l);
-            prop_assert!(got >= w.min(l).saturating_sub(1) && got <= w.max(l));
-        }
     }
 }

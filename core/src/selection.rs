@@ -8,11 +8,17 @@
 //!   their users;
 //! - good: routable and weighted load ≤ (least load among routable pods) + range;
 //! - pick: `good[random % good.len()]` with `good` in ascending pod index. The `pick_and_link`
-//!   Lua script implements the same rule, and a test checks them against each other.
+//!   Lua script implements the same rule when it judges the whole hash, and a test checks them
+//!   against each other;
+//! - indexed pick (v1.1, the script's path when the candidate index is live):
+//!   `good[random % good.len()]` with `good` ordered by ascending weighted load, then pod index
+//!   as text — the order of the sorted set. Same good set, another order.
+//!
+//! Loads count as at most [`MAX_LOAD`] (2^53 − 1), so every reader compares them alike.
 
 use std::collections::BTreeMap;
 
-use super::{pod_state::PodState, routing::RoutingState};
+use super::{load::MAX_LOAD, pod_state::PodState, routing::RoutingState};
 
 /// How a service's states are judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +106,11 @@ impl ServiceSnapshot {
             .map(|(index, state)| (index, PodView { index, state, alive: state.is_fresh(now_ms, policy.window_ms) }))
             .collect();
         let routable = || pods.values().filter(|p| p.alive && p.state.routing == RoutingState::Ready);
-        let good = match routable().map(|p| p.state.weighted_load).min() {
+        let load = |p: &PodView| p.state.weighted_load.min(MAX_LOAD);
+        let good = match routable().map(load).min() {
             Some(min) => {
                 let limit = min.saturating_add(policy.range);
-                routable().filter(|p| p.state.weighted_load <= limit).map(|p| p.index).collect()
+                routable().filter(|p| load(p) <= limit).map(|p| p.index).collect()
             }
             None => Vec::new(),
         };
@@ -156,6 +163,21 @@ impl ServiceSnapshot {
             Classified::Alive(s) => Some(s.routing),
             _ => None,
         }
+    }
+
+    /// Good pods in the candidate index's order: ascending weighted load (at most
+    /// [`MAX_LOAD`]), then the pod index compared as text ("10" before "9").
+    pub fn good_by_load(&self) -> Vec<u32> {
+        let mut good: Vec<(u64, String, u32)> =
+            self.good.iter().map(|&i| (self.pods[&i].state.weighted_load.min(MAX_LOAD), i.to_string(), i)).collect();
+        good.sort();
+        good.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// The indexed pick: `good_by_load()[random % len]`.
+    pub fn pick_indexed(&self, random: u32) -> Option<u32> {
+        let good = self.good_by_load();
+        (!good.is_empty()).then(|| good[random as usize % good.len()])
     }
 
     /// Picks a good pod with a caller-supplied random value: `good[random % good.len()]`.
@@ -255,6 +277,24 @@ mod tests {
     }
 
     #[test]
+    fn the_indexed_pick_orders_by_load_then_index_text() {
+        let s = snap(&[(9, 5, 0, Ready), (10, 5, 0, Ready), (2, 1, 0, Ready), (3, 600, 0, Ready)]);
+        assert_eq!(s.good_by_load(), [2, 10, 9], "3 is over the range; 10 sorts before 9 as text");
+        assert_eq!([0, 1, 2, 3].map(|r| s.pick_indexed(r).unwrap()), [2, 10, 9, 2]);
+        assert_eq!(snap(&[(0, 1, 0, DenyNewCall)]).pick_indexed(0), None);
+    }
+
+    #[test]
+    fn loads_above_the_bound_count_as_the_bound() {
+        // 2^60 and 2^60 + 1 are both MAX_LOAD to every reader: with range 0 both are good.
+        let s = snap(&[(0, 1 << 60, 0, Ready), (1, (1 << 60) + 1, 0, Ready)]);
+        let exact = ServiceSnapshot { policy: SelectionPolicy { range: 0, ..POLICY }, ..s.clone() };
+        let exact = ServiceSnapshot::from_states(exact.pods().map(|p| (p.index, p.state)), NOW, exact.policy, vec![]);
+        assert_eq!(exact.good_pods(), &[0, 1]);
+        assert_eq!(s.good_pods(), &[0, 1]);
+    }
+
+    #[test]
     fn pick_is_modulo_over_ascending_good_pods() {
         let s = snap(&[(5, 1, 0, Ready), (2, 1, 0, Ready), (9, 1, 0, Ready)]);
         assert_eq!([0, 1, 2, 3].map(|r| s.pick(r).unwrap()), [2, 5, 9, 2]);
@@ -288,6 +328,12 @@ mod tests {
             prop_assert_eq!(s.good_pods(), good.as_slice());
             let want = (!good.is_empty()).then(|| good[random as usize % good.len()]);
             prop_assert_eq!(s.pick(random), want);
+            // The indexed order: the same set, sorted by (load, index text).
+            let mut by_load: Vec<(u64, String)> = good.iter().map(|i| (pods[i].0, i.to_string())).collect();
+            by_load.sort();
+            let by_load: Vec<u32> = by_load.into_iter().map(|(_, i)| i.parse().unwrap()).collect();
+            prop_assert_eq!(s.good_by_load(), by_load.clone());
+            prop_assert_eq!(s.pick_indexed(random), (!by_load.is_empty()).then(|| by_load[random as usize % by_load.len()]));
             for (&i, &(_, age, r)) in &pods {
                 let alive = age <= POLICY.window_ms;
                 prop_assert_eq!(s.is_routable(i), alive && r == 0, "pod {}", i);

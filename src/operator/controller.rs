@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     crd::RouteState,
-    derive::{self, Derived, Finding, PodFacts, PodPublish},
+    derive::{self, Derived, Finding, PodFacts},
     error::{Error, Result},
     metrics::Metrics,
-    publisher::{Publisher, ServicePlan},
+    publisher::Publisher,
 };
-use crate::core::pod_index::POD_INDEX_LABEL;
+use crate::core::{PodPlan, ServicePlan, annotations, pod_index::POD_INDEX_LABEL};
 
 /// The finalizer that makes deleting a RouteState remove its Redis keys first.
 pub const FINALIZER: &str = "routestate.dev/cleanup";
@@ -64,15 +64,19 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Cache readiness.
     pub synced: Synced,
+    /// The RouteState cache (who owns which service name).
+    pub routestates: Store<RouteState>,
     /// What was last derived per RouteState (for Events on changes only).
     seen: Mutex<HashMap<ObjectRef<RouteState>, Seen>>,
 }
 
 #[derive(Default)]
 struct Seen {
-    publish: Option<BTreeMap<u32, PodPublish>>,
+    publish: Option<BTreeMap<u32, PodPlan>>,
     /// (reason, pod, message) of the findings last reported.
     findings: BTreeSet<(&'static str, String, String)>,
+    /// The service name and its owner last seen.
+    service: Option<(String, Option<String>)>,
 }
 
 /// Drops what the operator does not need from a pod: managed fields, spec, foreign annotations
@@ -81,7 +85,7 @@ pub fn trim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(derive::ANNOTATION_PREFIX));
+        a.retain(|k, _| k.starts_with(annotations::PREFIX));
     }
     if let Some(l) = meta.labels.as_mut() {
         l.retain(|k, _| k == POD_INDEX_LABEL);
@@ -316,6 +320,7 @@ pub fn build(
         leader: leader.clone(),
         metrics,
         synced: synced.clone(),
+        routestates: rs_store.clone(),
         seen: Mutex::default(),
     });
     let mut shutdown_signal = shutdown.clone();
@@ -397,9 +402,13 @@ async fn reconcile(rs: Arc<RouteState>, ctx: Arc<Context>) -> Result<Action> {
 
     if !*ctx.leader.borrow() {
         // Standby: keep the plan warm so a new term publishes at once; write nothing.
-        if rs.meta().deletion_timestamp.is_none() {
+        let key = ObjectRef::from_obj(rs.as_ref());
+        let owns = owner_of(&ctx, &ns, &rs.service_name()).is_some_and(|o| o == rs.name_any());
+        if rs.meta().deletion_timestamp.is_none() && owns {
             let (plan, _) = plan_for(&rs, &ns, &ctx);
-            ctx.publisher.set_plan(ObjectRef::from_obj(rs.as_ref()), plan);
+            ctx.publisher.set_plan(key, plan);
+        } else {
+            ctx.publisher.forget(&key);
         }
         return Ok(Action::await_change());
     }
@@ -414,7 +423,8 @@ async fn reconcile(rs: Arc<RouteState>, ctx: Arc<Context>) -> Result<Action> {
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// The plan for a RouteState and its derivation (`None` when its StatefulSet is missing).
+/// The plan for a RouteState and its derivation (`None` when its StatefulSet is missing: then
+/// the plan publishes no pod).
 fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<(Derived, Vec<Finding>)>) {
     let sts_name = rs.stateful_set_name();
     let service = rs.service_name();
@@ -431,22 +441,68 @@ fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<(D
             .collect();
         (derive::derive(&rs.spec, replicas, &facts), findings)
     });
-    let plan = ServicePlan {
-        namespace: ns.to_owned(),
-        service,
-        period_secs: rs.spec.update_period_seconds.clamp(1, 300),
-        pods: derived.as_ref().map(|(d, _)| d.publish.clone()).unwrap_or_default(),
-        workload: derived.as_ref().and_then(|(d, _)| d.workload.clone()),
+    let plan = match &derived {
+        Some((d, _)) => d.plan(ns, &service, &rs.spec),
+        None => derive::Derived::empty(0).plan(ns, &service, &rs.spec),
     };
     (plan, derived)
 }
 
+/// The RouteState of namespace `ns` that publishes Redis service `service` (see
+/// [`derive::service_owner`]), from the cache.
+fn owner_of(ctx: &Context, ns: &str, service: &str) -> Option<String> {
+    let all = ctx.routestates.state();
+    let named: Vec<&Arc<RouteState>> =
+        all.iter().filter(|rs| rs.namespace().as_deref() == Some(ns) && rs.service_name() == service).collect();
+    let claims: Vec<derive::Claim<'_>> = named
+        .iter()
+        .map(|rs| derive::Claim {
+            name: rs.meta().name.as_deref().unwrap_or_default(),
+            created: rs.meta().creation_timestamp.as_ref(),
+            deleting: rs.meta().deletion_timestamp.is_some(),
+        })
+        .collect();
+    derive::service_owner(&claims).map(str::to_owned)
+}
+
+/// Reconciles again every other RouteState of `ns` naming `service`: its owner changed, so one
+/// of them may have to take it over or stop.
+fn retrigger_service(ctx: &Context, ns: &str, service: &str, except: &ObjectRef<RouteState>) {
+    for rs in ctx.routestates.state() {
+        let key = ObjectRef::from_obj(rs.as_ref());
+        if rs.namespace().as_deref() == Some(ns) && rs.service_name() == service && &key != except {
+            ctx.publisher.retrigger(key);
+        }
+    }
+}
+
 async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
     let key = ObjectRef::from_obj(rs.as_ref());
+    let service = rs.service_name();
+    let owner = owner_of(ctx, ns, &service);
+    // The owner of this service, or of the one this RouteState named before, changed: the other
+    // RouteStates naming them reconcile again.
+    let before = {
+        let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.entry(key.clone()).or_default().service.replace((service.clone(), owner.clone()))
+    };
+    if before.as_ref() != Some(&(service.clone(), owner.clone())) {
+        retrigger_service(ctx, ns, &service, &key);
+        if let Some((old, _)) = before.filter(|(old, _)| *old != service) {
+            retrigger_service(ctx, ns, &old, &key);
+        }
+    }
+    if let Some(owner) = owner.filter(|o| *o != rs.name_any()) {
+        return apply_conflict(&rs, ns, ctx, &service, &owner).await;
+    }
+
     let (plan, derived) = plan_for(&rs, ns, ctx);
-    let service = plan.service.clone();
     tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), "reconciling");
     ctx.publisher.set_plan(key.clone(), plan.clone());
+    if let Some(loss) = ctx.publisher.take_data_loss(&key) {
+        let note = format!("{loss}; republished every pod state of service {service} at once");
+        publish_event(ctx, &rs.object_ref(&()), None, EventType::Warning, "RedisDataLost", "Republish", note).await;
+    }
     let derived = derived.map(|(mut d, mut findings)| {
         findings.append(&mut d.findings);
         d.findings = findings;
@@ -504,7 +560,55 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         &ctx.publisher.sync_state(&key),
         &now,
     );
-    ctx.metrics.observe_status(&key, &status.conditions);
+    patch_status(&rs, ns, ctx, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A RouteState whose service another, older RouteState publishes: it publishes nothing (its
+/// keys, if it published before, go unless the owner publishes them), says so in its status, and
+/// once in a Warning Event.
+async fn apply_conflict(rs: &RouteState, ns: &str, ctx: &Context, service: &str, owner: &str) -> Result<Action> {
+    let key = ObjectRef::from_obj(rs);
+    ctx.publisher.withdraw(&key);
+    // After the withdrawal, so no tick re-creates them: its service's series are the owner's.
+    ctx.metrics.forget(&key);
+    let new_conflict = {
+        let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(key.clone()).or_default();
+        entry.publish = None;
+        let finding = ("ServiceNameConflict", owner.to_owned(), service.to_owned());
+        entry.findings.insert(finding)
+    };
+    if new_conflict {
+        let note = format!(
+            "RouteState {owner} also names service {service} and is older: it publishes the service, this one publishes nothing until it goes away"
+        );
+        publish_event(ctx, &rs.object_ref(&()), None, EventType::Warning, "ServiceNameConflict", "Skip", note).await;
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (_, derived) = plan_for(rs, ns, ctx);
+    let status = derive::compute_status_with(
+        rs.status.as_ref(),
+        rs.meta().generation,
+        &rs.stateful_set_name(),
+        service,
+        derived.map(|(d, _)| d).as_ref(),
+        &derive::SyncState::Pending,
+        Some(owner),
+        &now,
+    );
+    patch_status(rs, ns, ctx, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Writes the status with server-side apply, unless it is unchanged.
+async fn patch_status(
+    rs: &RouteState,
+    ns: &str,
+    ctx: &Context,
+    status: crate::operator::RouteStateStatus,
+) -> Result<()> {
+    ctx.metrics.observe_status(&ObjectRef::from_obj(rs), &status.conditions);
     if rs.status.as_ref() != Some(&status) {
         if !*ctx.leader.borrow() {
             return Err(Error::NotLeader("patch status"));
@@ -519,15 +623,26 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
             .await
             .map_err(Error::kube(format!("patching the status of RouteState {ns}/{}", rs.name_any())))?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(())
 }
 
 async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
     let key = ObjectRef::from_obj(rs.as_ref());
-    ctx.publisher.remove(&key, ns, &rs.service_name()).await?;
+    let service = rs.service_name();
     ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-    ctx.metrics.forget(&key);
-    let note = format!("deleted the Redis keys of service {} (links are kept)", rs.service_name());
+    // Another RouteState naming the service (this one is being deleted, so it is not a
+    // candidate) publishes it from now on: the keys stay for it.
+    let note = match owner_of(ctx, ns, &service) {
+        Some(successor) => {
+            ctx.publisher.forget(&key);
+            retrigger_service(ctx, ns, &service, &key);
+            format!("service {service} is published by RouteState {successor} from now on; its keys stay")
+        }
+        None => {
+            ctx.publisher.remove(&key, ns, &service).await?;
+            format!("deleted the Redis keys of service {service} (links are kept)")
+        }
+    };
     publish_event(ctx, &rs.object_ref(&()), None, EventType::Normal, "Cleanup", "Delete", note).await;
     Ok(Action::await_change())
 }

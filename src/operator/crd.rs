@@ -106,8 +106,21 @@ pub struct RouteStateSpec {
     /// Heartbeat period in seconds: every pod's state is re-published this often, and clients
     /// treat a state older than 3 periods as stale. Between 1 and 300.
     #[serde(default = "default_update_period")]
-    #[schemars(range(min = 1, max = 300))]
+    #[schemars(range(min = MIN_UPDATE_PERIOD_SECS, max = MAX_UPDATE_PERIOD_SECS))]
     pub update_period_seconds: u32,
+}
+
+/// The smallest `updatePeriodSeconds`: the CRD schema enforces the range,
+/// [`RouteStateSpec::period_secs`] applies it to objects stored before a schema change.
+pub const MIN_UPDATE_PERIOD_SECS: u32 = 1;
+/// The largest `updatePeriodSeconds`.
+pub const MAX_UPDATE_PERIOD_SECS: u32 = 300;
+
+impl RouteStateSpec {
+    /// The heartbeat period, within the CRD's range.
+    pub fn period_secs(&self) -> u32 {
+        self.update_period_seconds.clamp(MIN_UPDATE_PERIOD_SECS, MAX_UPDATE_PERIOD_SECS)
+    }
 }
 
 fn default_cpu_factor() -> f64 {

@@ -10,16 +10,10 @@ use k8s_openapi::{
 };
 
 use super::crd::{PodSummary, RouteStateSpec, RouteStateStatus, RoutingStateName};
-use crate::core::{RoutingState, Workload, WorkloadState, pod_index, pod_index::POD_INDEX_LABEL, weighted_load};
-
-/// Pod annotation with the routing state the application asks for (Ready | DenyNewCall | Shutdown).
-pub const ANNOTATION_ROUTING: &str = "routestate.dev/routing-state";
-/// Pod annotation with the application's load state (a non-negative integer).
-pub const ANNOTATION_LOAD: &str = "routestate.dev/load";
-/// Pod annotation with the number of tasks waiting in the application (a non-negative integer).
-pub const ANNOTATION_WAITING: &str = "routestate.dev/waiting-tasks";
-/// Prefix of every annotation the operator reads; the controller's pod cache keeps only these.
-pub const ANNOTATION_PREFIX: &str = "routestate.dev/";
+use crate::core::{
+    CpuFactor, Floor, PodPlan, RoutingState, ServicePlan, WorkloadPlan, WorkloadState, annotations, pod_index,
+    pod_index::POD_INDEX_LABEL,
+};
 
 /// Condition types of `RouteState.status.conditions`.
 pub const CONDITION_READY: &str = "Ready";
@@ -106,7 +100,7 @@ pub fn pod_facts(pod: &Pod, statefulset: &str) -> Result<PodFacts, Finding> {
         .annotations
         .as_ref()
         .map(|a| {
-            a.iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
+            a.iter().filter(|(k, _)| k.starts_with(annotations::PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
         })
         .unwrap_or_default();
     Ok(PodFacts { name, index, ready, terminating: pod.metadata.deletion_timestamp.is_some(), annotations })
@@ -129,20 +123,12 @@ pub fn published_routing(effective: RoutingState, ready: bool, terminating: bool
     }
 }
 
-/// One pod's published value, before the heartbeat timestamp is added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodPublish {
-    /// The published routing state.
-    pub routing: RoutingState,
-    /// The published weighted load.
-    pub weighted_load: u64,
-}
-
 /// Everything derived for one RouteState.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Derived {
-    /// Fields of the state hash: pod index → value. Indexes absent here are removed from Redis.
-    pub publish: BTreeMap<u32, PodPublish>,
+    /// The published pods: index → the operator's floor and its view of the pod's report (from
+    /// the annotations). Indexes absent here are removed from Redis.
+    pub publish: BTreeMap<u32, PodPlan>,
     /// The status' per-pod summary, by index.
     pub pods: Vec<PodSummary>,
     /// Problems with individual pods (Warning Events).
@@ -151,62 +137,55 @@ pub struct Derived {
     pub replicas: u32,
     /// Pods Ready and not terminating.
     pub ready_pods: u32,
-    /// Pods published READY.
+    /// Pods READY as far as the operator knows (floor and annotations; a pod's direct report may
+    /// still drain it: the status counts what was published once it has been).
     pub routable_pods: u32,
-    /// Pods published DENY_NEW_CALL.
+    /// Pods DENY_NEW_CALL as far as the operator knows.
     pub draining_pods: u32,
     /// Pod 0 while it exists, is Ready and is not terminating.
     pub leader: Option<String>,
     /// Why there is no leader, when there is none.
     pub leader_missing: Option<String>,
-    /// The workload aggregate to write on behalf of pod 0 (`updated_at_millis` is 0: the
-    /// publisher stamps it with Redis time), or `None` while pod 0 is missing or not Ready.
-    pub workload: Option<Workload>,
+    /// The inputs of the workload aggregate written on behalf of pod 0, or `None` while pod 0
+    /// is missing or not Ready.
+    pub workload: Option<WorkloadPlan>,
 }
 
-fn annotation_routing(pod: &PodFacts, findings: &mut Vec<Finding>) -> Option<RoutingState> {
-    let value = pod.annotations.get(ANNOTATION_ROUTING)?;
-    match value.parse::<RoutingState>() {
-        Ok(state) => Some(state),
-        Err(_) => {
-            findings.push(Finding::MalformedAnnotation {
-                pod: pod.name.clone(),
-                annotation: ANNOTATION_ROUTING,
-                value: value.clone(),
-                expected: "Ready, DenyNewCall or Shutdown",
-            });
-            None
+impl Derived {
+    /// Nothing to publish, for a StatefulSet of `replicas` desired replicas without pods.
+    pub fn empty(replicas: u32) -> Self {
+        Derived {
+            publish: BTreeMap::new(),
+            pods: Vec::new(),
+            findings: Vec::new(),
+            replicas,
+            ready_pods: 0,
+            routable_pods: 0,
+            draining_pods: 0,
+            leader: None,
+            leader_missing: None,
+            workload: None,
+        }
+    }
+
+    /// The write plan for service `service` of namespace `namespace`.
+    pub fn plan(&self, namespace: &str, service: &str, spec: &RouteStateSpec) -> ServicePlan {
+        ServicePlan {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            period_secs: spec.period_secs(),
+            cpu_factor: CpuFactor::from_f64(spec.cpu_factor),
+            replicas: self.replicas,
+            pods: self.publish.clone(),
+            workload: self.workload.clone(),
         }
     }
 }
 
-fn annotation_number(pod: &PodFacts, annotation: &'static str, findings: &mut Vec<Finding>) -> Option<u64> {
-    let value = pod.annotations.get(annotation)?;
-    // Strict: digits only, so "+5", " 5" and "5.0" are reported rather than half-accepted.
-    if !value.is_empty()
-        && value.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = value.parse::<u64>()
-    {
-        return Some(n);
-    }
-    findings.push(Finding::MalformedAnnotation {
-        pod: pod.name.clone(),
-        annotation,
-        value: value.clone(),
-        expected: "a non-negative integer",
-    });
-    None
-}
-
-/// The weighted load of a pod: the spec override (which counts as both the load state and the
-/// waiting tasks, so it is published as is), else the annotations, else 0.
-pub fn pod_load(cpu_factor: f64, override_load: Option<u64>, pod: &PodFacts, findings: &mut Vec<Finding>) -> u64 {
-    let load = annotation_number(pod, ANNOTATION_LOAD, findings);
-    let waiting = annotation_number(pod, ANNOTATION_WAITING, findings);
-    match override_load {
-        Some(l) => weighted_load(cpu_factor, l, l),
-        None => weighted_load(cpu_factor, waiting.unwrap_or(0), load.unwrap_or(0)),
-    }
+/// The routing state a pod is expected to be published with: its floor and its report, the
+/// most restrictive wins (what `publish.lua` computes).
+pub fn expected_routing(pod: &PodPlan) -> RoutingState {
+    pod.floor.routing.most_restrictive(pod.report.routing)
 }
 
 /// Derives what to publish for the pods of a StatefulSet with `replicas` desired replicas.
@@ -231,36 +210,32 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
         by_index.insert(pod.index, pod);
     }
 
-    let mut d = Derived {
-        publish: BTreeMap::new(),
-        pods: Vec::new(),
-        findings: Vec::new(),
-        replicas,
-        ready_pods: 0,
-        routable_pods: 0,
-        draining_pods: 0,
-        leader: None,
-        leader_missing: None,
-        workload: None,
-    };
+    let mut d = Derived::empty(replicas);
     for (&index, pod) in &by_index {
         let over = overrides.get(&index);
-        let mut effective = service;
+        // The floor: what Kubernetes and the spec say (the pod's own report cannot lift it).
+        let mut ceiling = service;
         if let Some(r) = over.and_then(|o| o.routing_state) {
-            effective = effective.most_restrictive(r.into());
+            ceiling = ceiling.most_restrictive(r.into());
         }
-        if let Some(r) = annotation_routing(pod, &mut findings) {
-            effective = effective.most_restrictive(r);
-        }
-        let load = pod_load(spec.cpu_factor, over.and_then(|o| o.load_state), pod, &mut findings);
-        let published = published_routing(effective, pod.ready, pod.terminating);
-        if let Some(routing) = published {
-            d.publish.insert(index, PodPublish { routing, weighted_load: load });
-            match routing {
-                RoutingState::Ready => d.routable_pods += 1,
-                RoutingState::DenyNewCall => d.draining_pods += 1,
-                RoutingState::Shutdown => {}
-            }
+        let (report, bad) = annotations::decode(&pod.annotations);
+        findings.extend(bad.into_iter().map(|b| Finding::MalformedAnnotation {
+            pod: pod.name.clone(),
+            annotation: b.annotation,
+            value: b.value,
+            expected: b.expected,
+        }));
+        let floor = published_routing(ceiling, pod.ready, pod.terminating)
+            .map(|routing| Floor { routing, load: over.and_then(|o| o.load_state) });
+        let expected = floor.map(|floor| {
+            let plan = PodPlan { floor, report };
+            d.publish.insert(index, plan);
+            expected_routing(&plan)
+        });
+        match expected {
+            Some(RoutingState::Ready) => d.routable_pods += 1,
+            Some(RoutingState::DenyNewCall) => d.draining_pods += 1,
+            Some(RoutingState::Shutdown) | None => {}
         }
         if pod.ready && !pod.terminating {
             d.ready_pods += 1;
@@ -269,7 +244,7 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
             index,
             name: pod.name.clone(),
             ready: pod.ready,
-            routing_state: published.map(RoutingStateName::from),
+            routing_state: expected.map(RoutingStateName::from),
         });
     }
 
@@ -279,27 +254,39 @@ pub fn derive(spec: &RouteStateSpec, replicas: u32, pods: &[PodFacts]) -> Derive
         Some(p) => d.leader_missing = Some(format!("pod {} (index 0) is not Ready", p.name)),
         None => d.leader_missing = Some("no pod with index 0 exists".into()),
     }
-    if let Some(leader) = &d.leader {
-        let all_ready = replicas > 0 && d.ready_pods >= replicas;
-        d.workload = Some(Workload {
-            state: if all_ready && d.routable_pods > 0 { WorkloadState::Ready } else { WorkloadState::NotReady },
-            leader: leader.clone(),
-            replicas,
-            ready_pods: d.ready_pods,
-            routable_pods: d.routable_pods,
-            draining_pods: d.draining_pods,
-            total_weighted_load: d.publish.values().map(|p| p.weighted_load).fold(0u64, u64::saturating_add),
-            updated_at_millis: 0,
-        });
-    }
+    d.workload =
+        d.leader.as_ref().map(|leader| WorkloadPlan { leader: leader.clone(), replicas, ready_pods: d.ready_pods });
     d.findings = findings;
     d
 }
 
-/// Routing changes between two publish sets: (index, before, after), `None` = not published.
+/// A RouteState's claim on a Redis service name, for [`service_owner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The RouteState's name.
+    pub name: &'a str,
+    /// Its `metadata.creationTimestamp`.
+    pub created: Option<&'a Time>,
+    /// It is being deleted.
+    pub deleting: bool,
+}
+
+/// Which of the RouteStates of one namespace that name the same Redis service publishes it: the
+/// oldest (by creation time, then by name) among those not being deleted. The others publish
+/// nothing, so two StatefulSets never mix their pods in one state hash.
+pub fn service_owner<'a>(claims: &[Claim<'a>]) -> Option<&'a str> {
+    claims
+        .iter()
+        .filter(|c| !c.deleting)
+        .min_by(|a, b| a.created.map(|t| t.0).cmp(&b.created.map(|t| t.0)).then(a.name.cmp(b.name)))
+        .map(|c| c.name)
+}
+
+/// Routing changes between two publish sets, as the operator expects them: (index, before,
+/// after), `None` = not published.
 pub fn routing_changes(
-    before: &BTreeMap<u32, PodPublish>,
-    after: &BTreeMap<u32, PodPublish>,
+    before: &BTreeMap<u32, PodPlan>,
+    after: &BTreeMap<u32, PodPlan>,
 ) -> Vec<(u32, Option<RoutingState>, Option<RoutingState>)> {
     let mut indexes: Vec<u32> = before.keys().chain(after.keys()).copied().collect();
     indexes.sort_unstable();
@@ -307,7 +294,7 @@ pub fn routing_changes(
     indexes
         .into_iter()
         .filter_map(|i| {
-            let (b, a) = (before.get(&i).map(|p| p.routing), after.get(&i).map(|p| p.routing));
+            let (b, a) = (before.get(&i).map(expected_routing), after.get(&i).map(expected_routing));
             (b != a).then_some((i, b, a))
         })
         .collect()
@@ -381,14 +368,70 @@ pub enum SyncState {
     /// Not published yet (or this replica is not the lease holder).
     #[default]
     Pending,
-    /// The last publish succeeded.
-    Synced,
+    /// The last publish succeeded, publishing these routing states (pods' own reports
+    /// included): the status shows them rather than the operator's expectation.
+    Synced(BTreeMap<u32, RoutingState>),
     /// The last publish failed with this message.
     Failed(String),
 }
 
 /// The status for a RouteState: `derived` is `None` when its StatefulSet does not exist.
 pub fn compute_status(
+    old: Option<&RouteStateStatus>,
+    generation: Option<i64>,
+    statefulset: &str,
+    service: &str,
+    derived: Option<&Derived>,
+    sync: &SyncState,
+    now: &Time,
+) -> RouteStateStatus {
+    compute_status_with(old, generation, statefulset, service, derived, sync, None, now)
+}
+
+/// [`compute_status`] for a RouteState that may not own its service: with `owner` (the name of
+/// the RouteState that publishes it), Ready is False with reason `ServiceNameConflict` and
+/// nothing is published.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_status_with(
+    old: Option<&RouteStateStatus>,
+    generation: Option<i64>,
+    statefulset: &str,
+    service: &str,
+    derived: Option<&Derived>,
+    sync: &SyncState,
+    owner: Option<&str>,
+    now: &Time,
+) -> RouteStateStatus {
+    let mut status = status_of(old, generation, statefulset, service, derived, sync, now);
+    if let Some(owner) = owner {
+        let conditions = [
+            NewCondition {
+                type_: CONDITION_READY,
+                status: CondStatus::False,
+                reason: "ServiceNameConflict",
+                message: format!(
+                    "service {service} is published by RouteState {owner}, the oldest naming it; this one publishes nothing"
+                ),
+            },
+            NewCondition {
+                type_: CONDITION_REDIS_SYNCED,
+                status: CondStatus::Unknown,
+                reason: "ServiceNameConflict",
+                message: format!("not published: RouteState {owner} owns service {service}"),
+            },
+        ];
+        status.conditions = merge_conditions(&status.conditions, &conditions, generation, now);
+        status.routable_pods = 0;
+        status.draining_pods = 0;
+        status.workload_state = Some("Unknown".into());
+        for pod in &mut status.pods {
+            pod.routing_state = None;
+        }
+    }
+    status
+}
+
+fn status_of(
     old: Option<&RouteStateStatus>,
     generation: Option<i64>,
     statefulset: &str,
@@ -404,7 +447,7 @@ pub fn compute_status(
             reason: "Pending",
             message: "not published yet".into(),
         },
-        SyncState::Synced => NewCondition {
+        SyncState::Synced(_) => NewCondition {
             type_: CONDITION_REDIS_SYNCED,
             status: CondStatus::True,
             reason: "Published",
@@ -437,7 +480,7 @@ pub fn compute_status(
         }
         Some(d) => {
             let ready = match sync {
-                SyncState::Synced => NewCondition {
+                SyncState::Synced(_) => NewCondition {
                     type_: CONDITION_READY,
                     status: CondStatus::True,
                     reason: "Published",
@@ -479,6 +522,29 @@ pub fn compute_status(
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let conditions = merge_conditions(old_conditions, &[ready, redis, leader], generation, now);
     let d = derived;
+    // What was published when it is known, else what the operator expects.
+    let published = match sync {
+        SyncState::Synced(p) => Some(p),
+        _ => None,
+    };
+    let (routable, draining) = match published {
+        Some(p) => (
+            p.values().filter(|r| **r == RoutingState::Ready).count() as u32,
+            p.values().filter(|r| **r == RoutingState::DenyNewCall).count() as u32,
+        ),
+        None => (d.map_or(0, |d| d.routable_pods), d.map_or(0, |d| d.draining_pods)),
+    };
+    let pods = d
+        .map(|d| {
+            let mut pods = d.pods.clone();
+            for pod in pods.iter_mut().filter(|p| p.routing_state.is_some()) {
+                if let Some(r) = published.and_then(|p| p.get(&pod.index)) {
+                    pod.routing_state = Some((*r).into());
+                }
+            }
+            pods
+        })
+        .unwrap_or_default();
     RouteStateStatus {
         observed_generation: generation,
         conditions,
@@ -487,22 +553,22 @@ pub fn compute_status(
         replicas: d.map_or(0, |d| d.replicas),
         ready_pods: d.map_or(0, |d| d.ready_pods),
         ready_summary: Some(format!("{}/{}", d.map_or(0, |d| d.ready_pods), d.map_or(0, |d| d.replicas))),
-        routable_pods: d.map_or(0, |d| d.routable_pods),
-        draining_pods: d.map_or(0, |d| d.draining_pods),
+        routable_pods: routable,
+        draining_pods: draining,
         leader: d.and_then(|d| d.leader.clone()),
         workload_state: Some(match d.and_then(|d| d.workload.as_ref()) {
-            Some(w) if w.state == WorkloadState::Ready => "Ready".into(),
+            Some(w) if w.state(routable) == WorkloadState::Ready => "Ready".into(),
             Some(_) => "NotReady".into(),
             None => "Unknown".into(),
         }),
-        pods: d.map(|d| d.pods.clone()).unwrap_or_default(),
+        pods,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::PodOverride;
+    use crate::{core::PodReport, operator::crd::PodOverride};
     use RoutingState::{DenyNewCall as D, Ready as R, Shutdown as S};
 
     fn spec(routing: RoutingStateName, pods: Vec<PodOverride>) -> RouteStateSpec {
@@ -575,14 +641,18 @@ mod tests {
         for svc in [NR, ND, NS] {
             for o in [None, Some(NR), Some(ND), Some(NS)] {
                 for ann in [None, Some("Ready"), Some("DenyNewCall"), Some("Shutdown"), Some("SHUTDOWN")] {
-                    let anns: Vec<(&str, &str)> = ann.map(|a| (ANNOTATION_ROUTING, a)).into_iter().collect();
+                    let anns: Vec<(&str, &str)> = ann.map(|a| (annotations::ROUTING, a)).into_iter().collect();
                     let d = derive(
                         &spec(svc, o.map(|o| over(0, Some(o), None)).into_iter().collect()),
                         1,
                         &[pod(0, true, false, &anns)],
                     );
                     let sources: Vec<&str> = [Some(name(svc)), o.map(name), ann].into_iter().flatten().collect();
-                    assert_eq!(d.publish[&0].routing, model(&sources), "svc {svc:?} override {o:?} annotation {ann:?}");
+                    assert_eq!(
+                        expected_routing(&d.publish[&0]),
+                        model(&sources),
+                        "svc {svc:?} override {o:?} annotation {ann:?}"
+                    );
                     assert!(d.findings.is_empty());
                 }
             }
@@ -596,7 +666,7 @@ mod tests {
             3,
             &[pod(0, true, false, &[]), pod(1, true, false, &[]), pod(2, true, false, &[])],
         );
-        let routing: Vec<_> = d.publish.values().map(|p| p.routing).collect();
+        let routing: Vec<_> = d.publish.values().map(expected_routing).collect();
         assert_eq!(routing, [R, D, R]);
         assert_eq!((d.routable_pods, d.draining_pods, d.ready_pods), (2, 1, 3));
     }
@@ -609,37 +679,53 @@ mod tests {
             &[pod(0, true, false, &[]), pod(1, false, false, &[]), pod(2, true, true, &[])],
         );
         assert_eq!(d.publish.keys().copied().collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(d.publish[&2].routing, D);
+        assert_eq!(expected_routing(&d.publish[&2]), D);
         assert_eq!(d.ready_pods, 1);
         assert_eq!(d.pods[1], PodSummary { index: 1, name: "web-1".into(), ready: false, routing_state: None });
         assert_eq!(d.pods[2].routing_state, Some(RoutingStateName::DenyNewCall));
     }
 
     #[test]
-    fn load_comes_from_override_else_annotations_else_zero() {
-        let mut f = Vec::new();
-        let p = pod(0, true, false, &[(ANNOTATION_LOAD, "100"), (ANNOTATION_WAITING, "10")]);
-        // 0.7 × 10 + 0.3 × 100 = 37
-        assert_eq!(pod_load(0.7, None, &p, &mut f), 37);
-        assert_eq!(pod_load(0.7, Some(250), &p, &mut f), 250);
-        assert_eq!(pod_load(0.0, None, &p, &mut f), 100);
-        assert_eq!(pod_load(1.0, None, &p, &mut f), 10);
-        assert_eq!(pod_load(0.7, None, &pod(0, true, false, &[]), &mut f), 0);
-        assert_eq!(pod_load(0.7, None, &pod(0, true, false, &[(ANNOTATION_LOAD, "10")]), &mut f), 3);
-        assert!(f.is_empty());
+    fn the_override_is_in_the_floor_and_the_annotations_are_the_report() {
+        let p = pod(0, true, false, &[(annotations::LOAD, "100"), (annotations::WAITING, "10")]);
+        let d = derive(&spec(RoutingStateName::Ready, vec![]), 1, std::slice::from_ref(&p));
+        let want = PodReport { load_state: 100, waiting_tasks: 10, routing: R };
+        assert_eq!(d.publish[&0], PodPlan { floor: Floor { routing: R, load: None }, report: want });
+        let d = derive(&spec(RoutingStateName::Ready, vec![over(0, None, Some(250))]), 1, &[p]);
+        assert_eq!(d.publish[&0], PodPlan { floor: Floor { routing: R, load: Some(250) }, report: want });
+        let d = derive(&spec(RoutingStateName::Ready, vec![]), 1, &[pod(0, true, false, &[])]);
+        assert_eq!(d.publish[&0].report, PodReport::default(), "no annotations: load 0, nothing waiting, READY");
+        assert!(d.findings.is_empty());
+    }
+
+    #[test]
+    fn the_plan_carries_the_spec() {
+        let mut s = spec(RoutingStateName::Ready, vec![]);
+        s.cpu_factor = 0.9;
+        s.update_period_seconds = 0; // an object stored before the schema's minimum
+        let d = derive(&s, 2, &[pod(0, true, false, &[])]);
+        let plan = d.plan("apps", "game", &s);
+        assert_eq!((plan.namespace.as_str(), plan.service.as_str()), ("apps", "game"));
+        assert_eq!((plan.period_secs, plan.cpu_factor.ppm(), plan.replicas), (1, 900_000, 2));
+        assert_eq!(plan.pods, d.publish);
+        assert_eq!(plan.workload, Some(WorkloadPlan { leader: "web-0".into(), replicas: 2, ready_pods: 1 }));
     }
 
     #[test]
     fn malformed_annotations_are_findings_and_treated_as_absent() {
         for bad in ["", "-1", "+5", " 5", "5.0", "abc", "99999999999999999999999"] {
-            let p = pod(1, true, false, &[(ANNOTATION_LOAD, bad), (ANNOTATION_WAITING, "10")]);
+            let p = pod(1, true, false, &[(annotations::LOAD, bad), (annotations::WAITING, "10")]);
             let d = derive(&spec(RoutingStateName::Ready, vec![]), 2, &[p]);
-            assert_eq!(d.publish[&1].weighted_load, 7, "value {bad:?}");
+            assert_eq!(
+                d.publish[&1].report,
+                PodReport { load_state: 0, waiting_tasks: 10, routing: R },
+                "value {bad:?}"
+            );
             assert_eq!(
                 d.findings,
                 [Finding::MalformedAnnotation {
                     pod: "web-1".into(),
-                    annotation: ANNOTATION_LOAD,
+                    annotation: annotations::LOAD,
                     value: bad.into(),
                     expected: "a non-negative integer"
                 }]
@@ -650,9 +736,9 @@ mod tests {
         let d = derive(
             &spec(RoutingStateName::DenyNewCall, vec![]),
             1,
-            &[pod(0, true, false, &[(ANNOTATION_ROUTING, "Drain")])],
+            &[pod(0, true, false, &[(annotations::ROUTING, "Drain")])],
         );
-        assert_eq!(d.publish[&0].routing, D);
+        assert_eq!(expected_routing(&d.publish[&0]), D);
         assert_eq!(d.findings.len(), 1);
         assert_eq!(d.findings[0].reason(), "MalformedAnnotation");
         assert!(d.findings[0].to_string().contains("\"Drain\""));
@@ -677,6 +763,18 @@ mod tests {
         let p: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-7"}})).unwrap();
         let f = pod_facts(&p, "web").unwrap();
         assert_eq!((f.index, f.ready, f.terminating), (7, false, false));
+        // Ready means the Ready condition is True: not another condition that is True, not a
+        // Ready condition that is False.
+        for conditions in [
+            serde_json::json!([{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}]),
+            serde_json::json!([{"type": "ContainersReady", "status": "True"}]),
+        ] {
+            let p: Pod = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "web-3"}, "status": {"conditions": conditions}}),
+            )
+            .unwrap();
+            assert!(!pod_facts(&p, "web").unwrap().ready, "{conditions}");
+        }
 
         let p: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-x"}})).unwrap();
         let bad = pod_facts(&p, "web").unwrap_err();
@@ -708,18 +806,14 @@ mod tests {
         let d = derive(
             &s,
             3,
-            &[pod(0, true, false, &[(ANNOTATION_LOAD, "10")]), pod(1, true, false, &[]), pod(2, true, false, &[])],
+            &[pod(0, true, false, &[(annotations::LOAD, "10")]), pod(1, true, false, &[]), pod(2, true, false, &[])],
         );
         assert_eq!(d.leader.as_deref(), Some("web-0"));
-        let w = d.workload.unwrap();
-        assert_eq!(w.state, WorkloadState::Ready);
-        assert_eq!((w.replicas, w.ready_pods, w.routable_pods, w.total_weighted_load), (3, 3, 3, 3));
+        assert_eq!(d.workload, Some(WorkloadPlan { leader: "web-0".into(), replicas: 3, ready_pods: 3 }));
+        assert_eq!((d.routable_pods, d.draining_pods), (3, 0));
 
         let d = derive(&s, 3, &[pod(0, true, false, &[]), pod(1, true, false, &[])]);
-        assert_eq!(d.workload.unwrap().state, WorkloadState::NotReady);
-
-        let d = derive(&spec(RoutingStateName::DenyNewCall, vec![]), 1, &[pod(0, true, false, &[])]);
-        assert_eq!(d.workload.unwrap().state, WorkloadState::NotReady, "no pod takes new users");
+        assert_eq!(d.workload.unwrap().ready_pods, 2);
 
         for (pods, why) in [
             (vec![pod(1, true, false, &[])], "no pod with index 0"),
@@ -735,14 +829,27 @@ mod tests {
 
     #[test]
     fn routing_changes_lists_transitions_only() {
-        let p = |r| PodPublish { routing: r, weighted_load: 0 };
-        let before = BTreeMap::from([(0, p(R)), (1, p(R)), (2, p(R))]);
-        let after = BTreeMap::from([(0, PodPublish { routing: R, weighted_load: 9 }), (1, p(D)), (3, p(R))]);
+        let p = |r, load| PodPlan {
+            floor: Floor { routing: R, load: None },
+            report: PodReport { load_state: load, waiting_tasks: 0, routing: r },
+        };
+        let before = BTreeMap::from([(0, p(R, 0)), (1, p(R, 0)), (2, p(R, 0))]);
+        let after = BTreeMap::from([(0, p(R, 9)), (1, p(D, 0)), (3, p(R, 0))]);
         assert_eq!(routing_changes(&before, &after), [(1, Some(R), Some(D)), (2, Some(R), None), (3, None, Some(R))]);
+        // A floor change is a change too.
+        let floored = BTreeMap::from([(0, PodPlan { floor: Floor { routing: S, load: None }, ..p(R, 0) })]);
+        assert_eq!(routing_changes(&BTreeMap::from([(0, p(R, 0))]), &floored), [(0, Some(R), Some(S))]);
     }
 
     fn t(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    impl<'a> Claim<'a> {
+        fn with(self, secs: Option<i64>) -> Self {
+            // Leaked: a test's handful of timestamps, borrowed for the claim's lifetime.
+            Claim { created: secs.map(|s| &*Box::leak(Box::new(t(s)))), ..self }
+        }
     }
 
     #[test]
@@ -772,11 +879,12 @@ mod tests {
     #[test]
     fn status_is_stable_when_nothing_changes() {
         let s = spec(RoutingStateName::Ready, vec![]);
-        let d = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(ANNOTATION_LOAD, "5")])]);
-        let st1 = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Synced, &t(100));
+        let synced = SyncState::Synced(BTreeMap::from([(0, R), (1, R)]));
+        let d = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(annotations::LOAD, "5")])]);
+        let st1 = compute_status(None, Some(1), "web", "web", Some(&d), &synced, &t(100));
         // A load change alone does not change the status (loads are not in it).
-        let d2 = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(ANNOTATION_LOAD, "50")])]);
-        let st2 = compute_status(Some(&st1), Some(1), "web", "web", Some(&d2), &SyncState::Synced, &t(200));
+        let d2 = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[(annotations::LOAD, "50")])]);
+        let st2 = compute_status(Some(&st1), Some(1), "web", "web", Some(&d2), &synced, &t(200));
         assert_eq!(st1, st2);
         assert_eq!(st1.ready_summary.as_deref(), Some("2/2"));
         assert_eq!(st1.leader.as_deref(), Some("web-0"));
@@ -788,7 +896,7 @@ mod tests {
 
         // Pod 0 gone: LeaderAvailable False with a reason, workload Unknown.
         let d3 = derive(&s, 2, &[pod(1, true, false, &[])]);
-        let st3 = compute_status(Some(&st2), Some(1), "web", "web", Some(&d3), &SyncState::Synced, &t(300));
+        let st3 = compute_status(Some(&st2), Some(1), "web", "web", Some(&d3), &synced, &t(300));
         assert_eq!(cond(&st3, CONDITION_LEADER), "False");
         assert_eq!(st3.workload_state.as_deref(), Some("Unknown"));
         assert_eq!(st3.leader, None);
@@ -799,5 +907,60 @@ mod tests {
         let failed = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Failed("boom".into()), &t(1));
         assert_eq!(cond(&failed, CONDITION_READY), "False");
         assert_eq!(cond(&failed, CONDITION_REDIS_SYNCED), "False");
+    }
+
+    #[test]
+    fn the_oldest_routestate_owns_a_service_name() {
+        let claim = |name, secs: Option<i64>, deleting| Claim { name, created: None, deleting }.with(secs);
+        // The oldest wins; the same second is decided by name; a deleting one never wins.
+        let claims = [claim("b", Some(20), false), claim("a", Some(30), false), claim("c", Some(20), false)];
+        assert_eq!(service_owner(&claims), Some("b"));
+        let claims = [claim("b", Some(20), true), claim("a", Some(30), false), claim("c", Some(20), false)];
+        assert_eq!(service_owner(&claims), Some("c"));
+        assert_eq!(service_owner(&[claim("x", Some(1), true)]), None);
+        assert_eq!(service_owner(&[]), None);
+    }
+
+    #[test]
+    fn a_routestate_that_does_not_own_its_service_says_so_and_publishes_nothing() {
+        let s = spec(RoutingStateName::Ready, vec![]);
+        let d = derive(&s, 1, &[pod(0, true, false, &[])]);
+        let st = compute_status_with(None, Some(1), "web", "game", Some(&d), &SyncState::Pending, Some("old"), &t(1));
+        let ready = st.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ServiceNameConflict"));
+        assert!(
+            ready.message.contains("RouteState old") && ready.message.contains("service game"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            (st.routable_pods, st.workload_state.as_deref(), st.pods[0].routing_state),
+            (0, Some("Unknown"), None)
+        );
+    }
+
+    #[test]
+    fn the_status_counts_what_was_published() {
+        let s = spec(RoutingStateName::Ready, vec![]);
+        let d = derive(&s, 2, &[pod(0, true, false, &[]), pod(1, true, false, &[])]);
+        let cond =
+            |st: &RouteStateStatus, ty: &str| st.conditions.iter().find(|c| c.type_ == ty).unwrap().status.clone();
+        // Before the first publish: what the operator expects.
+        let pending = compute_status(None, Some(1), "web", "web", Some(&d), &SyncState::Pending, &t(1));
+        assert_eq!((pending.routable_pods, pending.draining_pods), (2, 0));
+        // Pod 1 drained itself through its own report: the status shows it.
+        let drained = SyncState::Synced(BTreeMap::from([(0, R), (1, D)]));
+        let st = compute_status(None, Some(1), "web", "web", Some(&d), &drained, &t(1));
+        assert_eq!((st.routable_pods, st.draining_pods), (1, 1));
+        assert_eq!(st.pods[1].routing_state, Some(RoutingStateName::DenyNewCall));
+        assert_eq!((cond(&st, CONDITION_READY), st.workload_state.as_deref()), ("True".into(), Some("Ready")));
+        // Nothing takes new users: the workload is NotReady.
+        let shut = SyncState::Synced(BTreeMap::from([(0, S), (1, D)]));
+        let st = compute_status(None, Some(1), "web", "web", Some(&d), &shut, &t(1));
+        assert_eq!((st.routable_pods, st.workload_state.as_deref()), (0, Some("NotReady")));
+        // A replica missing: NotReady although pods take new users.
+        let short = derive(&s, 3, &[pod(0, true, false, &[]), pod(1, true, false, &[])]);
+        let st = compute_status(None, Some(1), "web", "web", Some(&short), &drained, &t(1));
+        assert_eq!(st.workload_state.as_deref(), Some("NotReady"));
     }
 }

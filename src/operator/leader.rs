@@ -252,6 +252,9 @@ mod tests {
             spec(Some("b"), None, Some(15)),
             spec(Some("b"), Some(100), None),
             spec(Some("b"), Some(100), Some(0)),
+            // A zero or negative duration is no claim, even with a renew time ahead of our clock.
+            spec(Some("b"), Some(200), Some(0)),
+            spec(Some("b"), Some(200), Some(-5)),
         ] {
             assert_eq!(decide(Some(&s), "a", ts(100)), Decision::Acquire { transition: true }, "{s:?}");
         }

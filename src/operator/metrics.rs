@@ -18,9 +18,9 @@ use prometheus_client::{
 
 use super::{
     crd::RouteState,
-    derive::{CONDITION_LEADER, CONDITION_READY, CONDITION_REDIS_SYNCED, PodPublish},
+    derive::{CONDITION_LEADER, CONDITION_READY, CONDITION_REDIS_SYNCED},
 };
-use crate::core::{RoutingState, staleness_window_ms};
+use crate::core::{Published, RoutingState, staleness_window_ms};
 
 /// Label set naming an error kind (`Error::metric_label`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,7 +89,7 @@ pub const LOAD_STATS: [&str; 3] = ["min", "max", "sum"];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// What one plan publishes, summed up for the per-RouteState gauges.
+/// What one publish wrote, summed up for the per-RouteState gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PublishSummary {
     /// Published pods by routing state, in [`RoutingState::ALL`] order.
@@ -100,15 +100,14 @@ pub struct PublishSummary {
     pub total_load: u64,
 }
 
-/// Sums up the pods a plan publishes.
-pub fn publish_summary<'a>(pods: impl IntoIterator<Item = &'a PodPublish>) -> PublishSummary {
+/// Sums up the published pods, as (weighted load, routing state).
+pub fn publish_summary(pods: impl IntoIterator<Item = (u64, RoutingState)>) -> PublishSummary {
     let mut s = PublishSummary::default();
-    for p in pods {
-        s.pods[usize::from(p.routing.ordinal())] += 1;
-        s.total_load = s.total_load.saturating_add(p.weighted_load);
-        if p.routing == RoutingState::Ready {
-            let l = p.weighted_load;
-            s.ready_load = Some(s.ready_load.map_or((l, l), |(lo, hi)| (lo.min(l), hi.max(l))));
+    for (load, routing) in pods {
+        s.pods[usize::from(routing.ordinal())] += 1;
+        s.total_load = s.total_load.saturating_add(load);
+        if routing == RoutingState::Ready {
+            s.ready_load = Some(s.ready_load.map_or((load, load), |(lo, hi)| (lo.min(load), hi.max(load))));
         }
     }
     s
@@ -145,6 +144,9 @@ pub struct Metrics {
     pub service_publish_errors: Family<ServiceLabels, Counter>,
     /// Per RouteState: its status conditions, 1 for the current status of each type.
     pub service_condition: Family<ServiceConditionLabels, Gauge>,
+    /// Times Redis was found to have lost the published data (came back empty, or another
+    /// dataset); each time every service is republished at once.
+    pub data_loss: Counter,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,7 @@ impl Default for Metrics {
         let service_staleness_window = Family::<ServiceLabels, FloatGauge>::default();
         let service_publish_errors = Family::<ServiceLabels, Counter>::default();
         let service_condition = Family::<ServiceConditionLabels, Gauge>::default();
+        let data_loss = Counter::default();
         registry.register("reconciles", "RouteState reconciles", reconciles.clone());
         registry.register("reconcile_errors", "RouteState reconcile errors by kind", errors.clone());
         registry.register_with_unit(
@@ -211,6 +214,11 @@ impl Default for Metrics {
             "Status conditions of a RouteState: 1 for the current status of each type",
             service_condition.clone(),
         );
+        registry.register(
+            "redis_data_loss",
+            "Times Redis lost the published data (came back empty or another dataset); every service is republished",
+            data_loss.clone(),
+        );
         // Children of the bounded label sets exist from the start, at 0: a query or an alert on
         // them has a series before the first error, and `rate()` sees the first increase.
         for kind in super::error::METRIC_LABELS {
@@ -235,6 +243,7 @@ impl Default for Metrics {
             service_staleness_window,
             service_publish_errors,
             service_condition,
+            data_loss,
         }
     }
 }
@@ -289,17 +298,20 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// One publish attempt of a RouteState's service (call once per service per tick): what its
-    /// plan publishes, and whether it reached Redis.
-    pub fn observe_publish<'a>(
-        &self,
-        rs: &ObjectRef<RouteState>,
-        period_secs: u32,
-        pods: impl IntoIterator<Item = &'a PodPublish>,
-        published: bool,
-    ) {
+    /// One publish attempt of a RouteState's service (call once per service per tick): what it
+    /// wrote (the pods' own reports included), or `None` when it did not reach Redis (the pod
+    /// gauges then keep what was last published, and the heartbeat ages).
+    pub fn observe_publish(&self, rs: &ObjectRef<RouteState>, period_secs: u32, published: Option<&Published>) {
         let l = service_labels(rs);
-        let summary = publish_summary(pods);
+        let window = staleness_window_ms(period_secs) as f64 / 1000.0;
+        self.service_staleness_window.get_or_create(&l).set(window);
+        // Created at 0 on the first attempt, so `rate()` sees the first failure.
+        let errors = self.service_publish_errors.get_or_create(&l);
+        let Some(published) = published else {
+            errors.inc();
+            return;
+        };
+        let summary = publish_summary(published.pods.values().copied());
         for (state, n) in RoutingState::ALL.into_iter().zip(summary.pods) {
             self.service_pods.get_or_create(&l.routing(state)).set(n);
         }
@@ -314,16 +326,8 @@ impl Metrics {
             }
         }
         self.service_weighted_load.get_or_create(&l.stat("sum")).set(summary.total_load as f64);
-        let window = staleness_window_ms(period_secs) as f64 / 1000.0;
-        self.service_staleness_window.get_or_create(&l).set(window);
-        // Created at 0 on the first attempt, so `rate()` sees the first failure.
-        let errors = self.service_publish_errors.get_or_create(&l);
-        if published {
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            self.service_last_publish.get_or_create(&l).set(now.as_secs_f64());
-        } else {
-            errors.inc();
-        }
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        self.service_last_publish.get_or_create(&l).set(now.as_secs_f64());
     }
 
     /// A RouteState's computed status conditions (call where the status is computed).
@@ -409,24 +413,30 @@ mod tests {
             "routestate_redis_publish_errors_total 0",
             "routestate_published_pods{routing=\"DENY_NEW_CALL\"} 1",
             "routestate_leader 1",
+            "routestate_redis_data_loss_total 0",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }
     }
 
-    fn pod(routing: RoutingState, weighted_load: u64) -> PodPublish {
-        PodPublish { routing, weighted_load }
+    fn pod(routing: RoutingState, weighted_load: u64) -> (u64, RoutingState) {
+        (weighted_load, routing)
+    }
+
+    /// What a publish of `pods` (indexes 0, 1, …) wrote.
+    fn wrote(pods: &[(u64, RoutingState)]) -> Published {
+        Published { now_ms: 1, pods: (0..).zip(pods.iter().copied()).collect() }
     }
 
     #[test]
     fn publish_summary_counts_states_and_spans_ready_loads_only() {
         use RoutingState::{DenyNewCall as D, Ready as R, Shutdown as S};
         let pods = [pod(R, 7), pod(D, 1), pod(R, 3), pod(S, 100), pod(R, 9)];
-        let s = publish_summary(&pods);
+        let s = publish_summary(pods);
         assert_eq!(s, PublishSummary { pods: [3, 1, 1], ready_load: Some((3, 9)), total_load: 120 });
-        let s = publish_summary(&[pod(D, 5), pod(D, u64::MAX)]);
+        let s = publish_summary([pod(D, 5), pod(D, u64::MAX)]);
         assert_eq!(s, PublishSummary { pods: [0, 2, 0], ready_load: None, total_load: u64::MAX });
-        assert_eq!(publish_summary(&[]), PublishSummary::default());
+        assert_eq!(publish_summary([]), PublishSummary::default());
     }
 
     fn rs(ns: &str, name: &str) -> ObjectRef<RouteState> {
@@ -443,9 +453,9 @@ mod tests {
         use RoutingState::{DenyNewCall as D, Ready as R};
         let m = Metrics::default();
         let (web, api) = (rs("apps", "web"), rs("apps", "api"));
-        m.observe_publish(&web, 2, &[pod(R, 4), pod(R, 6), pod(D, 1)], true);
-        m.observe_publish(&api, 10, &[pod(D, 1)], false);
-        m.observe_publish(&api, 10, &[pod(D, 1)], false);
+        m.observe_publish(&web, 2, Some(&wrote(&[pod(R, 4), pod(R, 6), pod(D, 1)])));
+        m.observe_publish(&api, 10, None);
+        m.observe_publish(&api, 10, None);
         let text = m.render();
         for want in [
             r#"routestate_service_pods{namespace="apps",routestate="web",routing="READY"} 2"#,
@@ -501,9 +511,20 @@ mod tests {
             assert!(text.contains(&want), "missing {want:?} in\n{text}");
         }
         // The last READY pod leaves: min and max go, sum stays.
-        m.observe_publish(&web, 2, &[pod(D, 1)], true);
+        m.observe_publish(&web, 2, Some(&wrote(&[pod(D, 1)])));
         let web_lines = lines_of(&m.render(), "web");
         assert!(!web_lines.iter().any(|l| l.contains("stat=\"min\"") || l.contains("stat=\"max\"")), "{web_lines:?}");
+        // A failed publish counts, and keeps what Redis last got (and its time).
+        m.observe_publish(&web, 2, None);
+        let text = m.render();
+        for want in [
+            r#"routestate_service_pods{namespace="apps",routestate="web",routing="DENY_NEW_CALL"} 1"#,
+            r#"routestate_service_publish_errors_total{namespace="apps",routestate="web"} 1"#,
+            r#"routestate_service_last_publish_timestamp_seconds{namespace="apps",routestate="web"} "#,
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!lines_of(&text, "api").iter().any(|l| l.contains("service_pods")), "api never published:\n{text}");
 
         m.forget(&web);
         let text = m.render();

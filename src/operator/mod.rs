@@ -1,5 +1,5 @@
 //! The RouteState operator: the CRD, the pure derivation of what to publish, the controller,
-//! the Redis publisher, leader election, the server-role transport and the HTTP endpoints.
+//! the Redis publisher, leader election and the HTTP endpoints.
 //!
 //! Entry points: [`Operator::start`] (in-process, with a shutdown handle, used by the tests and
 //! by [`run`]) and [`run`] (until SIGTERM/SIGINT).
@@ -19,7 +19,6 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod publisher;
-pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -38,7 +37,6 @@ pub use crd::{PodOverride, PodSummary, RouteState, RouteStateSpec, RouteStateSta
 pub use error::{Error, Result};
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
-pub use transport::AnnotationTransport;
 
 use crate::store::{self, RedisOptions};
 
@@ -72,7 +70,7 @@ impl Operator {
     /// Connects to Redis, checks that the CRD is installed, binds the HTTP address and starts
     /// the election, the controller and the publisher.
     pub async fn start(config: OperatorConfig) -> Result<Operator> {
-        let conn = store::connect(&config.redis).await?;
+        let store = store::Store::connect(&config.redis).await?;
         let routestates: Api<RouteState> = match &config.namespace {
             Some(ns) => Api::namespaced(config.client.clone(), ns),
             None => Api::all(config.client.clone()),
@@ -100,7 +98,7 @@ impl Operator {
         let (lease_stop_tx, lease_stop) = watch::channel(false);
         let (leader_tx, leader) = watch::channel(config.lease.is_none());
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
-        let publisher = Arc::new(publisher::Publisher::new(conn, leader.clone(), metrics.clone(), sync_tx));
+        let publisher = Arc::new(publisher::Publisher::new(store, leader.clone(), metrics.clone(), sync_tx));
         let recorder = Recorder::new(
             config.client.clone(),
             Reporter { controller: controller::FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },

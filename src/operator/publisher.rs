@@ -1,20 +1,22 @@
-//! The Redis publisher: heartbeats every service's pod states every `updatePeriodSeconds`, and
-//! immediately when a plan changes. One tick = one Redis `TIME` + one pipeline (per hash slot on
-//! Redis Cluster) holding, per due service, an `HDEL` of vanished pods, one `HSET` of all fields,
-//! the meta hash's `updatePeriodSeconds` and the workload aggregate (only while pod 0 is Ready).
+//! The Redis publisher: heartbeats every service's write plan every `updatePeriodSeconds`, and
+//! at once when a plan changes, through the store's one write path ([`Store::publish`]: per
+//! service one atomic script that applies the floors, writes the states stamped with Redis time,
+//! rebuilds the candidate index and the meta hash; then the workload aggregate).
 //!
-//! Only the lease holder writes: the leader flag is checked right before every write, and a
-//! replica that loses the lease forgets what it knew about Redis, re-reading it next term.
+//! Only the lease holder writes: the leader flag is checked right before every write.
+//!
+//! Every second (whatever the periods) it also checks that Redis still holds the dataset it
+//! published ([`DatasetWatch`]: the services' epoch keys): when Redis came back empty or as
+//! another dataset, every service is republished at once, the loss is counted
+//! (`routestate_redis_data_loss_total`) and each RouteState gets a Warning Event.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::future::join_all;
 use kube::runtime::reflector::ObjectRef;
-use redis::Pipeline;
 use tokio::{
     sync::{Notify, mpsc, watch},
     time::Instant,
@@ -22,17 +24,14 @@ use tokio::{
 
 use super::{
     crd::RouteState,
-    derive::{PodPublish, SyncState},
+    derive::SyncState,
     error::{Error, Result},
     metrics::Metrics,
 };
 use crate::{
-    core::{Keys, PodState, Workload, keys::hash_slot},
-    store::{RedisConn, server_time_ms},
+    core::{Published, ServicePlan},
+    store::{DatasetChange, DatasetWatch, Store},
 };
-
-/// Field of the meta hash holding the publish period, read by clients to judge staleness.
-pub const META_UPDATE_PERIOD: &str = "updatePeriodSeconds";
 
 /// Retry delay after a failed publish: short, so that a Redis that comes back (empty) gets every
 /// state again well within one period, whatever the period.
@@ -42,51 +41,26 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// must not take the operator out of its Service.
 pub const REDIS_READY_GRACE: Duration = Duration::from_secs(3);
 
-/// What to publish for one service.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServicePlan {
-    /// Redis namespace (the RouteState's Kubernetes namespace).
-    pub namespace: String,
-    /// Redis service name.
-    pub service: String,
-    /// Heartbeat period.
-    pub period_secs: u32,
-    /// Fields of the state hash; indexes not here are removed.
-    pub pods: BTreeMap<u32, PodPublish>,
-    /// The workload aggregate, `None` while pod 0 is missing (the key is then not refreshed).
-    pub workload: Option<Workload>,
-}
-
-impl ServicePlan {
-    fn keys(&self) -> Result<(String, String, String)> {
-        let what = || format!("{}/{}", self.namespace, self.service);
-        let key = |source| Error::Key { what: what(), source };
-        Ok((
-            Keys::state(&self.namespace, &self.service).map_err(key)?,
-            Keys::state_meta(&self.namespace, &self.service).map_err(key)?,
-            Keys::workload(&self.namespace, &self.service).map_err(key)?,
-        ))
-    }
-}
-
-/// A service due for publishing: its RouteState, plan and the fields known to be in Redis.
-type Due = (ObjectRef<RouteState>, ServicePlan, Option<BTreeSet<String>>);
+/// How often the datasets are checked: a Redis that comes back empty is republished within this,
+/// however long the services' periods are.
+const DATASET_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 struct Entry {
     plan: ServicePlan,
     dirty: bool,
     next_due: Instant,
-    /// Fields present in Redis as far as this replica knows; `None` = read them first.
-    known: Option<BTreeSet<String>>,
     sync: SyncState,
+    dataset: DatasetWatch,
+    /// A data loss seen and not yet reported as an Event (the controller takes it).
+    loss: Option<String>,
 }
 
 /// The publisher, shared by the controller (which sets plans) and its own tick task.
 pub struct Publisher {
-    conn: RedisConn,
+    store: Store,
     entries: Mutex<HashMap<ObjectRef<RouteState>, Entry>>,
     /// Services whose keys must be deleted (their RouteState now points elsewhere).
-    orphans: Mutex<Vec<ServicePlan>>,
+    orphans: Mutex<Vec<(String, String)>>,
     /// Serialises Redis writes: a tick and a finalizer's delete never interleave.
     writes: tokio::sync::Mutex<()>,
     wake: Notify,
@@ -99,16 +73,16 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher writing through `conn` while `leader` is true; sync-state changes are sent to
-    /// `sync_changed` (the controller re-reconciles those RouteStates to update their status).
+    /// A publisher writing through `store` while `leader` is true; sync-state changes are sent
+    /// to `sync_changed` (the controller re-reconciles those RouteStates to update their status).
     pub fn new(
-        conn: RedisConn,
+        store: Store,
         leader: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
         sync_changed: mpsc::UnboundedSender<ObjectRef<RouteState>>,
     ) -> Self {
         Self {
-            conn,
+            store,
             entries: Mutex::default(),
             orphans: Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
@@ -155,17 +129,26 @@ impl Publisher {
                 if (e.plan.namespace.as_str(), e.plan.service.as_str())
                     != (plan.namespace.as_str(), plan.service.as_str())
                 {
-                    self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push(e.plan.clone());
-                    e.known = None;
+                    let old = (e.plan.namespace.clone(), e.plan.service.clone());
+                    self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+                    e.dataset = DatasetWatch::new(&plan.namespace, &plan.service);
                 }
                 e.plan = plan;
                 e.dirty = true;
                 true
             }
             None => {
+                let dataset = DatasetWatch::new(&plan.namespace, &plan.service);
                 entries.insert(
                     key,
-                    Entry { plan, dirty: true, next_due: Instant::now(), known: None, sync: SyncState::Pending },
+                    Entry {
+                        plan,
+                        dirty: true,
+                        next_due: Instant::now(),
+                        sync: SyncState::Pending,
+                        dataset,
+                        loss: None,
+                    },
                 );
                 true
             }
@@ -176,16 +159,43 @@ impl Publisher {
         }
     }
 
-    /// Whether the last publish of this RouteState's service reached Redis.
+    /// Stops publishing a RouteState without deleting anything now: its service's keys are
+    /// deleted by the next tick unless another RouteState publishes that service (it then takes
+    /// them over).
+    pub fn withdraw(&self, key: &ObjectRef<RouteState>) {
+        let removed = self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        if let Some(e) = removed {
+            self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push((e.plan.namespace, e.plan.service));
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops publishing a RouteState and keeps its service's keys as they are: another
+    /// RouteState takes the service over and republishes it.
+    pub fn forget(&self, key: &ObjectRef<RouteState>) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// Asks the controller to reconcile a RouteState again (its service's owner changed).
+    pub fn retrigger(&self, key: ObjectRef<RouteState>) {
+        let _ = self.sync_changed.send(key);
+    }
+
+    /// A data loss seen for this RouteState's service and not reported yet (taken once).
+    pub fn take_data_loss(&self, key: &ObjectRef<RouteState>) -> Option<String> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key).and_then(|e| e.loss.take())
+    }
+
+    /// Whether the last publish of this RouteState's service reached Redis, and what it published.
     pub fn sync_state(&self, key: &ObjectRef<RouteState>) -> SyncState {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.get(key).map(|e| e.sync.clone()).unwrap_or_default()
     }
 
-    /// Stops publishing a RouteState and deletes its state hash, meta hash and workload key
-    /// (never links). `namespace`/`service` are computed from the object, so the keys go even when
-    /// this replica has no plan for it (e.g. after a restart); a plan under another service name
-    /// (the spec changed) is deleted too. Only the lease holder may call it.
+    /// Stops publishing a RouteState and deletes its service's keys (never links).
+    /// `namespace`/`service` are computed from the object, so the keys go even when this
+    /// replica has no plan for it (e.g. after a restart); a plan under another service name (the
+    /// spec changed) is deleted too. Only the lease holder may call it.
     pub async fn remove(&self, key: &ObjectRef<RouteState>, namespace: &str, service: &str) -> Result<()> {
         let _w = self.writes.lock().await;
         let removed = self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
@@ -198,26 +208,15 @@ impl Publisher {
         if !self.is_leader() {
             return Err(Error::NotLeader("delete Redis keys"));
         }
-        let mut conn = self.conn.clone();
         for (ns, svc) in targets {
-            let plan =
-                ServicePlan { namespace: ns, service: svc, period_secs: 0, pods: BTreeMap::new(), workload: None };
-            let (state, meta, workload) = plan.keys()?;
-            // One DEL per key: the workload key lives in another hash slot.
-            for k in [&state, &meta, &workload] {
-                redis::cmd("DEL").arg(k).query_async::<()>(&mut conn).await.map_err(|source| Error::Redis {
-                    op: "DEL",
-                    key: k.clone(),
-                    source,
-                })?;
-            }
+            self.store.remove_service(&ns, &svc).await?;
         }
         Ok(())
     }
 
     /// Redis answers PING (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.store.conn();
         let result = redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|source| Error::Redis {
             op: "PING",
             key: String::new(),
@@ -241,14 +240,15 @@ impl Publisher {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut leader = self.leader.clone();
         // Every observed leadership change starts a term (a coalesced lose-and-regain too):
-        // forget what this replica knew about Redis and, if leading, publish everything now.
+        // if leading, publish everything now.
         let mut term_changed = true;
+        let mut datasets = tokio::time::interval(DATASET_CHECK_EVERY);
+        datasets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let is_leader = *leader.borrow_and_update();
             if term_changed {
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 for e in entries.values_mut() {
-                    e.known = None;
                     e.dirty = is_leader;
                     e.sync = SyncState::Pending;
                 }
@@ -260,16 +260,21 @@ impl Publisher {
                 self.tick().await;
             }
             let next = if is_leader { self.next_wake() } else { Instant::now() + Duration::from_secs(3600) };
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(next) => {}
+            let check_datasets = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep_until(next) => false,
+                _ = datasets.tick() => true,
                 r = leader.changed() => {
                     if r.is_err() {
                         return;
                     }
                     term_changed = true;
+                    false
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
+            };
+            if check_datasets && is_leader {
+                self.check_datasets().await;
             }
         }
     }
@@ -278,7 +283,7 @@ impl Publisher {
     async fn tick(&self) {
         let _w = self.writes.lock().await;
         let now = Instant::now();
-        let due: Vec<Due> = {
+        let due: Vec<(ObjectRef<RouteState>, ServicePlan)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             // A replica may hold plans of RouteStates deleted while it was a standby (it never
             // saw their cleanup): drop plans whose RouteState is gone from the cache.
@@ -288,43 +293,131 @@ impl Publisher {
             entries
                 .iter()
                 .filter(|(_, e)| e.dirty || e.next_due <= now)
-                .map(|(k, e)| (k.clone(), e.plan.clone(), e.known.clone()))
+                .map(|(k, e)| (k.clone(), e.plan.clone()))
                 .collect()
         };
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        {
+            // A service another RouteState publishes now is not an orphan: it took it over.
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            orphans.retain(|(ns, svc)| !entries.values().any(|e| (&e.plan.namespace, &e.plan.service) == (ns, svc)));
+            orphans.sort();
+            orphans.dedup();
+        }
         if due.is_empty() && orphans.is_empty() {
+            return;
+        }
+        // Stop at once if the lease was lost meanwhile.
+        if !self.is_leader() {
             return;
         }
         let started = std::time::Instant::now();
         tracing::debug!(services = due.len(), orphans = orphans.len(), "publishing");
-        let results = self.publish(&due, &orphans).await;
+        for (ns, svc) in orphans {
+            if let Err(e) = self.store.remove_service(&ns, &svc).await {
+                tracing::warn!(service = %format!("{ns}/{svc}"), error = %e, "deleting the keys of a renamed service failed");
+            }
+        }
+        let plans: Vec<ServicePlan> = due.iter().map(|(_, p)| p.clone()).collect();
+        let results = self.store.publish(&plans).await;
         self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+        self.record(now, due, results);
+        // A service published for the first time: learn its dataset now, not a second later, so
+        // a loss right after the first publish is noticed too.
+        let unknown = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.values().any(|e| e.dataset.known().is_none() && matches!(e.sync, SyncState::Synced(_)))
+        };
+        if unknown {
+            self.check_datasets().await;
+        }
+    }
 
+    /// Looks at every published service's dataset (one pipeline per slot); when Redis lost one
+    /// (came back empty, or holds another dataset), republishes everything at once.
+    async fn check_datasets(&self) {
+        let mut watches: Vec<(ObjectRef<RouteState>, DatasetWatch)> = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.iter().map(|(k, e)| (k.clone(), e.dataset.clone())).collect()
+        };
+        if watches.is_empty() {
+            return;
+        }
+        let mut only: Vec<DatasetWatch> = watches.iter().map(|(_, w)| w.clone()).collect();
+        let changes = match self.store.check_datasets(&mut only).await {
+            Ok(changes) => changes,
+            // Redis is failing: the publishes report it; look again next time.
+            Err(e) => return tracing::debug!(error = %e, "checking the Redis datasets failed"),
+        };
+        tracing::trace!(?changes, "datasets checked");
+        for ((_, w), checked) in watches.iter_mut().zip(only) {
+            *w = checked;
+        }
+        let lost: Vec<(ObjectRef<RouteState>, String)> = watches
+            .iter()
+            .zip(&changes)
+            .filter_map(|((k, _), c)| match c {
+                DatasetChange::Lost(loss) => Some((k.clone(), loss.to_string())),
+                _ => None,
+            })
+            .collect();
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, w) in watches {
+                if let Some(e) = entries.get_mut(&k) {
+                    e.dataset = w;
+                }
+            }
+            if !lost.is_empty() {
+                for e in entries.values_mut() {
+                    e.dirty = true;
+                }
+                for (k, loss) in &lost {
+                    if let Some(e) = entries.get_mut(k) {
+                        e.loss = Some(loss.clone());
+                    }
+                }
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        self.metrics.data_loss.inc();
+        tracing::warn!(services = lost.len(), loss = %lost[0].1, "Redis lost the published data; republishing every service now");
+        self.wake.notify_one();
+        for (k, _) in lost {
+            let _ = self.sync_changed.send(k);
+        }
+    }
+
+    /// Records the outcome of a tick: sync states (a change re-reconciles the RouteState, which
+    /// updates its status), next due times and the metrics.
+    fn record(
+        &self,
+        now: Instant,
+        due: Vec<(ObjectRef<RouteState>, ServicePlan)>,
+        results: Vec<std::result::Result<Published, crate::store::StoreError>>,
+    ) {
         let mut changed = Vec::new();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for ((key, plan, _), result) in due.into_iter().zip(results) {
+        for ((key, plan), result) in due.into_iter().zip(results) {
             let Some(e) = entries.get_mut(&key) else { continue };
-            self.metrics.observe_publish(&key, plan.period_secs, plan.pods.values(), result.is_ok());
+            self.metrics.observe_publish(&key, plan.period_secs, result.as_ref().ok());
             let sync = match result {
-                Ok(fields) => {
+                Ok(published) => {
                     self.note_redis(true);
-                    if e.plan == plan {
-                        e.dirty = false;
-                        e.known = Some(fields);
-                    } else {
-                        e.known = None;
-                    }
+                    // A plan changed while it was being published is published again at once.
+                    e.dirty = e.plan != plan;
                     e.next_due = now + Duration::from_secs(u64::from(plan.period_secs.max(1)));
-                    SyncState::Synced
+                    SyncState::Synced(published.pods.iter().map(|(i, (_, r))| (*i, *r)).collect())
                 }
                 Err(err) => {
                     self.note_redis(false);
                     self.metrics.publish_errors.inc();
                     tracing::warn!(routestate = %key, error = %err, "publishing to Redis failed");
-                    e.known = None;
                     e.dirty = false;
                     e.next_due = now + RETRY_AFTER;
-                    SyncState::Failed(err)
+                    SyncState::Failed(format!("publishing service {}/{}: {err}", plan.namespace, plan.service))
                 }
             };
             if e.sync != sync {
@@ -334,8 +427,10 @@ impl Publisher {
         }
         let mut counts = [0i64; 3];
         for e in entries.values() {
-            for p in e.plan.pods.values() {
-                counts[usize::from(p.routing.ordinal())] += 1;
+            if let SyncState::Synced(pods) = &e.sync {
+                for r in pods.values() {
+                    counts[usize::from(r.ordinal())] += 1;
+                }
             }
         }
         drop(entries);
@@ -343,132 +438,5 @@ impl Publisher {
         for key in changed {
             let _ = self.sync_changed.send(key);
         }
-    }
-
-    /// Writes the due plans; per plan, the fields now in Redis or what failed.
-    async fn publish(
-        &self,
-        due: &[Due],
-        orphans: &[ServicePlan],
-    ) -> Vec<std::result::Result<BTreeSet<String>, String>> {
-        match self.try_publish(due, orphans).await {
-            Ok(results) => results,
-            Err(e) => due
-                .iter()
-                .map(|(_, plan, _)| Err(format!("publishing service {}/{}: {e}", plan.namespace, plan.service)))
-                .collect(),
-        }
-    }
-
-    async fn try_publish(
-        &self,
-        due: &[Due],
-        orphans: &[ServicePlan],
-    ) -> Result<Vec<std::result::Result<BTreeSet<String>, String>>> {
-        let mut conn = self.conn.clone();
-        let cluster = conn.is_cluster();
-        let slot = |key: &str| if cluster { hash_slot(key) } else { 0 };
-
-        // Learn which fields exist for services this replica has not written yet this term: one
-        // pipeline of HKEYS per hash slot (after a restart or an outage that is every service).
-        let plan_keys: Vec<_> = due.iter().map(|(_, plan, _)| plan.keys()).collect();
-        let mut known: Vec<BTreeSet<String>> = due.iter().map(|(_, _, k)| k.clone().unwrap_or_default()).collect();
-        let mut lookups: BTreeMap<u16, (Pipeline, Vec<usize>)> = BTreeMap::new();
-        for (i, ((_, _, k), keys)) in due.iter().zip(&plan_keys).enumerate() {
-            if let (None, Ok((state, _, _))) = (k, keys) {
-                let (pipe, which) = lookups.entry(slot(state)).or_insert_with(|| (redis::pipe(), Vec::new()));
-                pipe.cmd("HKEYS").arg(state);
-                which.push(i);
-            }
-        }
-        let lookups = lookups.into_values().map(|(pipe, which)| {
-            let mut conn = conn.clone();
-            async move { (pipe.query_async::<Vec<Vec<String>>>(&mut conn).await, which) }
-        });
-        for (fields, which) in join_all(lookups).await {
-            // Named by the first key of the failed pipeline, as the publish errors are.
-            let key = match &plan_keys[which[0]] {
-                Ok((state, _, _)) => state.clone(),
-                Err(_) => String::new(),
-            };
-            let fields = fields.map_err(|source| Error::Redis { op: "HKEYS", key, source })?;
-            for (i, f) in which.into_iter().zip(fields) {
-                known[i] = f.into_iter().collect();
-            }
-        }
-        let now_ms = server_time_ms(&mut conn).await?;
-
-        // Group commands by hash slot (a Redis Cluster pipeline must stay within one slot).
-        let mut groups: BTreeMap<u16, (Pipeline, Vec<String>)> = BTreeMap::new();
-        let mut slots_of: Vec<Vec<u16>> = vec![Vec::new(); due.len()];
-        let mut desired_of: Vec<BTreeSet<String>> = vec![BTreeSet::new(); due.len()];
-        for (i, ((_, plan, _), keys)) in due.iter().zip(&plan_keys).enumerate() {
-            let Ok((state, meta, workload_key)) = keys else { continue };
-            let desired: BTreeMap<String, String> = plan
-                .pods
-                .iter()
-                .map(|(idx, p)| (idx.to_string(), PodState::new(p.weighted_load, now_ms, p.routing).encode()))
-                .collect();
-            let stale: Vec<&String> = known[i].iter().filter(|f| !desired.contains_key(*f)).collect();
-            let s = slot(state);
-            let (pipe, names) = groups.entry(s).or_insert_with(|| (redis::pipe(), Vec::new()));
-            if !stale.is_empty() {
-                pipe.cmd("HDEL").arg(state).arg(&stale).ignore();
-            }
-            if !desired.is_empty() {
-                pipe.cmd("HSET").arg(state).arg(&desired).ignore();
-            }
-            pipe.cmd("HSET").arg(meta).arg(META_UPDATE_PERIOD).arg(plan.period_secs).ignore();
-            names.push(state.clone());
-            slots_of[i].push(s);
-            if let Some(w) = &plan.workload {
-                let w = Workload { updated_at_millis: now_ms, ..w.clone() };
-                let s = slot(workload_key);
-                let (pipe, names) = groups.entry(s).or_insert_with(|| (redis::pipe(), Vec::new()));
-                pipe.cmd("SET").arg(workload_key).arg(w.encode()).ignore();
-                names.push(workload_key.clone());
-                slots_of[i].push(s);
-            }
-            desired_of[i] = desired.into_keys().collect();
-        }
-        for plan in orphans {
-            if let Ok((state, meta, workload_key)) = plan.keys() {
-                for k in [state, meta, workload_key] {
-                    let (pipe, names) = groups.entry(slot(&k)).or_insert_with(|| (redis::pipe(), Vec::new()));
-                    pipe.cmd("DEL").arg(&k).ignore();
-                    names.push(k);
-                }
-            }
-        }
-        // Stop at once if the lease was lost while we prepared.
-        if !self.is_leader() {
-            return Err(Error::NotLeader("publish pod states"));
-        }
-        let runs = groups.iter().map(|(s, (pipe, names))| {
-            let mut conn = conn.clone();
-            async move {
-                let r = pipe.query_async::<()>(&mut conn).await;
-                (*s, r.map_err(|e| (names.join(" "), e)))
-            }
-        });
-        let outcomes: HashMap<u16, std::result::Result<(), (String, redis::RedisError)>> =
-            join_all(runs).await.into_iter().collect();
-
-        Ok(plan_keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, keys)| {
-                keys.map_err(|e| e.to_string())?;
-                for s in &slots_of[i] {
-                    if let Some(Err((key, e))) = outcomes.get(s) {
-                        return Err(format!(
-                            "publishing service {}/{}: pipeline on {key}: {e}",
-                            due[i].1.namespace, due[i].1.service
-                        ));
-                    }
-                }
-                Ok(std::mem::take(&mut desired_of[i]))
-            })
-            .collect())
     }
 }

@@ -400,7 +400,9 @@ async fn check_dataset<T: StateTransport>(inner: &Inner<T>) -> Result<DatasetCha
         DatasetChange::Lost(loss) => {
             let hook = inner.owned_links.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let links = hook.map(|h| h()).unwrap_or_default();
-            tracing::warn!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, %loss, links = links.len(), "Redis lost its data; re-asserting the persistent links this pod owns");
+            tracing::warn!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, %loss, links = links.len(), "Redis lost its data; re-asserting the persistent links this pod owns and its report");
+            // The report went with the data: publish it again this period.
+            *inner.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
             let report = reassert(inner, &links).await;
             tracing::info!(
                 ns = cfg.namespace,

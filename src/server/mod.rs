@@ -6,4 +6,4 @@ pub mod transport;
 
 pub use driver::{OwnedLink, OwnedLinks, ReassertReport, ServerConfig, ServerDriver, ServerError, StopOutcome};
 pub use tokio_util::sync::CancellationToken;
-pub use transport::{ServerReport, StateTransport, TransportError};
+pub use transport::{AnnotationTransport, RedisTransport, ServerReport, StateTransport, TransportError};

@@ -26,7 +26,7 @@ use crate::core::{Keys, keys::hash_slot};
 
 /// The key holding the dataset epoch of `ns`/`svc`.
 pub fn epoch_key(ns: &str, svc: &str) -> Result<String, StoreError> {
-    Ok(format!("{}epoch", Keys::state(ns, svc).map_err(StoreError::key("epoch_key"))?))
+    Keys::state_epoch(ns, svc).map_err(StoreError::key("epoch_key"))
 }
 
 /// What a writer knows of the dataset.

@@ -63,6 +63,10 @@ pub enum StoreError {
         "{op} on {key}: written on the master but confirmed by only {confirmed} of {wanted} replicas within {timeout:?}"
     )]
     NotReplicated { op: &'static str, key: String, confirmed: u32, wanted: u32, timeout: Duration },
+    /// A command failed together with others that shared its pipeline; `cause` is the common
+    /// cause (the pipeline's error without its operation and key).
+    #[error("{op} on {key}: {cause}")]
+    Shared { op: &'static str, key: String, cause: String },
     /// An argument was rejected before anything was sent.
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument { op: &'static str, reason: String },
@@ -89,6 +93,17 @@ impl StoreError {
     /// Whether a replicated link write ran on the master without enough replicas confirming it.
     pub fn is_not_replicated(&self) -> bool {
         matches!(self, StoreError::NotReplicated { .. })
+    }
+
+    /// What went wrong, without the operation and the key (for [`StoreError::Shared`]).
+    pub fn cause(&self) -> String {
+        match self {
+            StoreError::Redis { source, .. } => source.to_string(),
+            StoreError::Timeout { timeout, .. } => format!("timed out after {timeout:?}"),
+            StoreError::Shared { cause, .. } => cause.clone(),
+            StoreError::Reply { reply, .. } => format!("unexpected reply {reply}"),
+            other => other.to_string(),
+        }
     }
 
     /// Whether the error is a timeout (of a command or of connecting).

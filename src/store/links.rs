@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind};
 
 use super::{IntoStoreError, Store, StoreError, scripts};
-use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field, staleness_window_ms};
+use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field};
 use futures::future::try_join_all;
 
 /// The wire value of a persistent TTL (and of "no link" in script replies).
@@ -100,7 +100,7 @@ pub(crate) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
     cmd
 }
 
-fn is_noscript(e: &redis::RedisError) -> bool {
+pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
@@ -115,30 +115,8 @@ pub struct TrySetOutcome {
     pub previous: Option<u32>,
 }
 
-/// The reply of a placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    /// The pod the user is linked to.
-    pub pod: u32,
-    /// Whether this call created the link (false: an existing, still available link was kept).
-    pub created: bool,
-}
-
-/// Inputs of the `pick_and_link` script besides the keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PickParams {
-    /// TTL of the temporary link written for a new placement (> 0).
-    pub temp_ttl_secs: u64,
-    /// Caller-supplied random value: the pick is `good[random % good.len()]`.
-    pub random: u32,
-    /// Good range above the least-loaded READY pod.
-    pub range: u64,
-    /// Staleness window used when the service's meta hash has no `updatePeriodSeconds`.
-    pub fallback_window_ms: u64,
-}
-
 /// Converts a script's integer pod reply (-1 = none).
-fn wire_pod(op: &'static str, key: &str, v: i64) -> Result<Option<u32>, StoreError> {
+pub(crate) fn wire_pod(op: &'static str, key: &str, v: i64) -> Result<Option<u32>, StoreError> {
     match v {
         -1 => Ok(None),
         v => u32::try_from(v).map(Some).map_err(|_| StoreError::reply(op, key, v)),
@@ -150,12 +128,12 @@ fn stored_pod(op: &'static str, key: &str, v: &str) -> Result<u32, StoreError> {
     parse_field(v).ok_or_else(|| StoreError::reply(op, key, v))
 }
 
-struct LinkKeys {
-    link: String,
-    hash: String,
+pub(crate) struct LinkKeys {
+    pub(crate) link: String,
+    pub(crate) hash: String,
 }
 
-fn link_keys(op: &'static str, ns: &str, uid: &str, svc: &str) -> Result<LinkKeys, StoreError> {
+pub(crate) fn link_keys(op: &'static str, ns: &str, uid: &str, svc: &str) -> Result<LinkKeys, StoreError> {
     Ok(LinkKeys {
         link: Keys::link(ns, uid, svc).map_err(StoreError::key(op))?,
         hash: Keys::link_hash(ns, uid).map_err(StoreError::key(op))?,
@@ -405,94 +383,9 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Places a user in one script: keeps an existing link whose pod is still available,
-    /// otherwise links a good pod (`good[random % good.len()]`, ascending index) temporarily.
-    /// `None` when there is no link to keep and nothing is routable.
-    ///
-    /// Standalone Redis: one round trip, the script reads the state hash, its meta hash and
-    /// `TIME` itself. Redis Cluster (the state hash lives in another slot): one pipelined
-    /// HGETALL + HGET + TIME on the state slot, then the script on the link slot with the
-    /// entries and the time as arguments — two round trips, still race-free on the link.
-    pub async fn pick_and_link(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-        params: PickParams,
-    ) -> Result<Option<Placement>, StoreError> {
-        const OP: &str = "pick_and_link";
-        let keys = link_keys(OP, ns, uid, svc)?;
-        check_pick(OP, &params)?;
-        if self.conn.is_cluster() {
-            let states = self.read_service(ns, svc).await?;
-            let window = states.update_period_secs.map(staleness_window_ms).unwrap_or(params.fallback_window_ms);
-            return self.pick_and_link_inline(ns, uid, svc, params, states.now_ms, window, &states.entries).await;
-        }
-        let state = Keys::state(ns, svc).map_err(StoreError::key(OP))?;
-        let meta = Keys::state_meta(ns, svc).map_err(StoreError::key(OP))?;
-        let mut inv = evalsha(&scripts::PICK_AND_LINK, &[&keys.link, &keys.hash, &state, &meta]);
-        inv.arg(svc)
-            .arg(params.temp_ttl_secs)
-            .arg(params.random)
-            .arg(params.range)
-            .arg("redis")
-            .arg(params.fallback_window_ms);
-        let reply: (i64, i64) = self.write_link(OP, &keys.link, &scripts::PICK_AND_LINK, inv).await?;
-        placement(OP, &keys.link, reply)
-    }
-
-    /// `pick_and_link` with the state entries and the judging time given by the caller (the
-    /// Redis Cluster path; public so the Lua selection can be checked against
-    /// [`crate::core::ServiceSnapshot::pick`] on the same inputs).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn pick_and_link_inline(
-        &self,
-        ns: &str,
-        uid: &str,
-        svc: &str,
-        params: PickParams,
-        now_ms: u64,
-        window_ms: u64,
-        entries: &[(String, String)],
-    ) -> Result<Option<Placement>, StoreError> {
-        const OP: &str = "pick_and_link";
-        let keys = link_keys(OP, ns, uid, svc)?;
-        check_pick(OP, &params)?;
-        let mut inv = evalsha(&scripts::PICK_AND_LINK, &[&keys.link, &keys.hash]);
-        inv.arg(svc)
-            .arg(params.temp_ttl_secs)
-            .arg(params.random)
-            .arg(params.range)
-            .arg("inline")
-            .arg(now_ms)
-            .arg(window_ms);
-        for (field, value) in entries {
-            inv.arg(field).arg(value);
-        }
-        let reply: (i64, i64) = self.write_link(OP, &keys.link, &scripts::PICK_AND_LINK, inv).await?;
-        placement(OP, &keys.link, reply)
-    }
 }
 
 fn persist_arg(op: &'static str, secs: u64) -> Result<i64, StoreError> {
     i64::try_from(secs)
         .map_err(|_| StoreError::InvalidArgument { op, reason: format!("persist seconds {secs} out of range") })
-}
-
-fn check_pick(op: &'static str, p: &PickParams) -> Result<(), StoreError> {
-    LinkTtl::Temporary(p.temp_ttl_secs).wire(op)?;
-    // Lua numbers are doubles: keep the arithmetic exact.
-    const MAX_EXACT: u64 = 1 << 53;
-    if p.range > MAX_EXACT || p.fallback_window_ms > MAX_EXACT {
-        return Err(StoreError::InvalidArgument {
-            op,
-            reason: format!("range {} / window {} must be ≤ 2^53", p.range, p.fallback_window_ms),
-        });
-    }
-    Ok(())
-}
-
-fn placement(op: &'static str, key: &str, (pod, created): (i64, i64)) -> Result<Option<Placement>, StoreError> {
-    Ok(wire_pod(op, key, pod)?.map(|pod| Placement { pod, created: created == 1 }))
 }

@@ -1,14 +1,18 @@
-//! The thin async Redis shell over the wire contract v1 (`docs/wire-contract.md`): connections,
-//! the link scripts and the pod-state hashes. All Lua lives in `src/store/lua/`.
+//! The thin async Redis shell over the wire contract (`docs/wire-contract.md`): connections, the
+//! link scripts, placements, the one write path of pod states and the reads of them. All Lua
+//! lives in `src/store/lua/`.
 //!
 //! [`Store`] is the handle: a [`RedisConn`] (standalone or cluster, behind the same API) and the
 //! per-operation timeout. Every operation is bounded by that timeout and fails with a
 //! [`StoreError`] naming the operation and the key.
 
+pub mod acl;
 pub mod connection;
 pub mod dataset;
 pub mod error;
 pub mod links;
+pub mod placement;
+pub mod publish;
 pub mod scripts;
 pub mod sentinel;
 pub mod states;
@@ -18,7 +22,9 @@ use std::{future::Future, time::Duration};
 pub use connection::{DEFAULT_OP_TIMEOUT, RedisConn, RedisOptions, SentinelOptions, connect, server_time_ms};
 pub use dataset::{DatasetChange, DatasetLoss, DatasetMark, DatasetWatch};
 pub use error::{StoreError, redact_url};
-pub use links::{Durability, LinkTtl, PERSIST_FOREVER, PickParams, Placement, TrySetOutcome};
+pub use links::{Durability, LinkTtl, PERSIST_FOREVER, TrySetOutcome};
+pub use placement::{PickParams, Placement};
+pub use publish::ReportOutcome;
 pub use states::ServiceStates;
 
 /// A handle on the Redis store: cheap to clone, safe to share between tasks.

@@ -1,7 +1,8 @@
-//! Every Lua script of the wire contract, in one place. Each is `common.lua` followed by its
-//! body, compiled into the binary with `include_str!` and run through [`redis::Script`], which
-//! sends EVALSHA and reloads the script on NOSCRIPT (after a server restart or `SCRIPT FLUSH`).
-//! The SHA1s are part of the contract only in that other clients must send the same text.
+//! Every Lua script of the wire contract, in one place, compiled into the binary with
+//! `include_str!` and run through [`redis::Script`] (EVALSHA, reloaded on NOSCRIPT after a server
+//! restart or `SCRIPT FLUSH`). A link script is `common.lua` followed by its body; a script that
+//! reads or writes pod states is `common.lua`, `states.lua`, then its body. The SHA1s are part of
+//! the contract only in that other clients must send the same text.
 
 use std::sync::LazyLock;
 
@@ -10,6 +11,15 @@ use redis::Script;
 macro_rules! script {
     ($file:literal) => {
         LazyLock::new(|| Script::new(concat!(include_str!("lua/common.lua"), include_str!(concat!("lua/", $file)))))
+    };
+    (states $file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!("lua/states.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        })
     };
 }
 
@@ -24,16 +34,12 @@ pub static REMOVE_LINK: LazyLock<Script> = script!("remove_link.lua");
 /// `get_link_if_persist.lua`: the pod of a persistent link, or -1.
 pub static GET_LINK_IF_PERSIST: LazyLock<Script> = script!("get_link_if_persist.lua");
 /// `pick_and_link.lua`: the whole placement of a user.
-pub static PICK_AND_LINK: LazyLock<Script> = script!("pick_and_link.lua");
-
-/// Every script with its file name (for docs, tests and preloading).
-pub fn all() -> [(&'static str, &'static Script); 6] {
-    [
-        ("set_link.lua", &SET_LINK),
-        ("set_link_if_absent.lua", &SET_LINK_IF_ABSENT),
-        ("try_set_link.lua", &TRY_SET_LINK),
-        ("remove_link.lua", &REMOVE_LINK),
-        ("get_link_if_persist.lua", &GET_LINK_IF_PERSIST),
-        ("pick_and_link.lua", &PICK_AND_LINK),
-    ]
-}
+pub static PICK_AND_LINK: LazyLock<Script> = script!(states "pick_and_link.lua");
+/// `pick_candidate.lua`: the state-slot half of a placement on Redis Cluster.
+pub static PICK_CANDIDATE: LazyLock<Script> = script!(states "pick_candidate.lua");
+/// `link_if_unchanged.lua`: the link-slot half of a placement on Redis Cluster.
+pub static LINK_IF_UNCHANGED: LazyLock<Script> = script!("link_if_unchanged.lua");
+/// `publish.lua`: one operator tick of one service.
+pub static PUBLISH: LazyLock<Script> = script!(states "publish.lua");
+/// `report.lua`: a pod's own report.
+pub static REPORT: LazyLock<Script> = script!(states "report.lua");

@@ -1,6 +1,11 @@
-//! Pod-state hashes (wire contract v1): `sf:{<ns>:state:<svc>}` maps pod index → pod state
+//! Reading pod states (wire contract §1–§4): `sf:{<ns>:state:<svc>}` maps pod index → pod state
 //! string, `sf:{<ns>:state:<svc>}meta` holds `updatePeriodSeconds`, `sf:{<ns>:workload:<svc>}`
-//! holds the workload JSON. Writers stamp states with the Redis clock ([`Store::server_time_ms`]).
+//! holds the workload JSON.
+//!
+//! The writes here are the raw v1 ones (`HSET` of a state, of the period, `SET` of the
+//! workload) for clients that publish states themselves under wire contract v1 and for tests:
+//! they bypass the floor and the candidate index. routestate's own writers — the operator and
+//! the server role's direct transport — use the one write path of [`super::publish`].
 
 use super::{Store, StoreError};
 use crate::core::{
@@ -94,39 +99,6 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         self.timed(OP, &key, cmd.exec_async(&mut conn)).await
-    }
-
-    /// Writes the states of many services of one namespace: one `HSET` per service, pipelined
-    /// (per hash slot on Redis Cluster, the slots in parallel).
-    pub async fn set_services_pod_states<S: AsRef<str>>(
-        &self,
-        ns: &str,
-        services: &[(S, Vec<(u32, PodState)>)],
-    ) -> Result<(), StoreError> {
-        const OP: &str = "set_services_pod_states";
-        let mut groups: std::collections::BTreeMap<u16, redis::Pipeline> = std::collections::BTreeMap::new();
-        let mut first_key: std::collections::BTreeMap<u16, String> = std::collections::BTreeMap::new();
-        for (svc, states) in services {
-            let key = Keys::state(ns, svc.as_ref()).map_err(StoreError::key(OP))?;
-            if states.is_empty() {
-                continue;
-            }
-            let slot = if self.conn.is_cluster() { crate::core::keys::hash_slot(&key) } else { 0 };
-            let pipe = groups.entry(slot).or_insert_with(redis::pipe);
-            pipe.cmd("HSET").arg(&key);
-            for (pod, state) in states {
-                pipe.arg(pod).arg(StateArg(state));
-            }
-            pipe.ignore();
-            first_key.entry(slot).or_insert(key);
-        }
-        let first_key = &first_key;
-        futures::future::try_join_all(groups.iter().map(|(slot, pipe)| async move {
-            let mut conn = self.conn.clone();
-            self.timed(OP, &first_key[slot], pipe.exec_async(&mut conn)).await
-        }))
-        .await?;
-        Ok(())
     }
 
     /// Removes one pod's state (`HDEL`); returns whether it existed.

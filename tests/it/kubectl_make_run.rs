@@ -1,24 +1,29 @@
 //! `make run` (hack/run.sh) as a newcomer uses it, against the already-running local cluster
 //! (so it neither starts nor stops the shared one): it reaches its "ready" line with the example
-//! RouteState Ready and published, and Ctrl-C (SIGINT) stops the operator it started, removes the
-//! example's Redis keys and leaves the cluster running.
+//! RouteState Ready and published, the next steps it prints work as written, and Ctrl-C (SIGINT)
+//! stops the operator it started, removes the example's Redis keys and leaves the cluster running.
+//!
+//! Two ways: on the real node (the operator installed by Helm from the local image, real
+//! game-server pods), and with `RUN_REAL_NODE=0` as on a machine without one (the operator as a
+//! local process, kwok's pods).
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use routestate::core::RoutingState;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::Command,
+    process::{Child, Command},
     sync::Mutex,
 };
 
 use crate::support::{
     self,
     cli::{ok, repo_root, run},
-    operator::states,
+    node::{GAME_SERVER_IMAGE, OPERATOR_IMAGE, RealNode},
+    operator::{states, wait_routing},
 };
 
-const TIMEOUT: Duration = Duration::from_secs(180);
+const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn alive(pid: u32) -> bool {
     // A reaped process has no /proc entry; a zombie would show state Z.
@@ -27,55 +32,177 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-#[tokio::test]
-async fn make_run_reaches_ready_and_ctrl_c_stops_what_it_started() {
-    let ns = support::unique_name("run");
-    let run_dir = std::env::temp_dir().join(&ns);
-    let mut child = Command::new(repo_root().join("hack/run.sh"))
-        .env("RUN_NAMESPACE", &ns)
-        .env("RUN_DIR", &run_dir)
-        .env("ROUTESTATE_BIN", env!("CARGO_BIN_EXE_routestate"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group, like a terminal's foreground job, so Ctrl-C can be sent to the
-        // whole group as a terminal does.
-        .process_group(0)
-        .spawn()
-        .expect("starting hack/run.sh");
-    let script_pid = child.id().expect("pid of hack/run.sh");
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut readers = Vec::new();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let out = out.clone();
-        readers.push(tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut o = out.lock().await;
-                o.push_str(&line);
-                o.push('\n');
-            }
-        }));
+/// hack/run.sh running in its own process group, its output collected.
+struct MakeRun {
+    child: Child,
+    pid: u32,
+    out: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    ns: String,
+    run_dir: PathBuf,
+}
+
+impl MakeRun {
+    fn start(real_node: bool) -> Self {
+        let ns = support::unique_name("run");
+        let run_dir = std::env::temp_dir().join(&ns);
+        // Started as a terminal starts a foreground job: with SIGINT at its default disposition
+        // (a suite launched in the background inherits it ignored, and bash cannot trap a
+        // signal ignored at entry).
+        let script = repo_root().join("hack/run.sh");
+        let mut child = Command::new("python3")
+            .args(["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"])
+            .arg(&script)
+            .env("RUN_NAMESPACE", &ns)
+            .env("RUN_DIR", &run_dir)
+            .env("RUN_REAL_NODE", if real_node { "1" } else { "0" })
+            // make test imported them; a cargo build here would wait on this test run's own lock.
+            .env("RUN_BUILD_IMAGES", "0")
+            .env("ROUTESTATE_BIN", env!("CARGO_BIN_EXE_routestate"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group, like a terminal's foreground job, so Ctrl-C can be sent to the
+            // whole group as a terminal does.
+            .process_group(0)
+            .spawn()
+            .expect("starting hack/run.sh");
+        let pid = child.id().expect("pid of hack/run.sh");
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            readers.push(tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut o = out.lock().await;
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            }));
+        }
+        Self { child, pid, out, readers, ns, run_dir }
     }
 
-    support::wait_for("hack/run.sh's ready line", TIMEOUT, || {
-        let out = out.clone();
-        async move {
-            let o = out.lock().await;
-            if o.contains("run: ready:") { Ok(()) } else { Err(o.clone()) }
+    async fn wait_ready(&self) -> String {
+        support::wait_for("hack/run.sh's ready line", TIMEOUT, || {
+            let out = self.out.clone();
+            async move {
+                let o = out.lock().await;
+                if o.contains("run: ready:") { Ok(()) } else { Err(o.clone()) }
+            }
+        })
+        .await;
+        let printed = self.out.lock().await.clone();
+        assert!(!printed.contains("starting the local control plane"), "it must use the running cluster:\n{printed}");
+        printed
+    }
+
+    /// Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group.
+    async fn ctrl_c(mut self) -> String {
+        ok("/bin/kill", &["-INT", "--", &format!("-{}", self.pid)], None).await;
+        let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "hack/run.sh still running 120s after SIGINT:\n{}",
+                    self.out.try_lock().map(|o| o.clone()).unwrap_or_default()
+                )
+            })
+            .unwrap();
+        for r in self.readers.drain(..) {
+            let _ = r.await;
         }
-    })
-    .await;
-    let printed = out.lock().await.clone();
+        let printed = self.out.lock().await.clone();
+        assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{printed}");
+        assert!(printed.contains("run: stopped"), "{printed}");
+        assert!(
+            !printed.contains("stopping the local cluster"),
+            "it must not stop a cluster it did not start:\n{printed}"
+        );
+        // The shared cluster is still up.
+        let readyz = run("kubectl", &["get", "--raw=/readyz"], None).await;
+        assert!(readyz.ok, "the cluster must still be running: {}", readyz.stderr);
+        printed
+    }
+}
+
+/// The printed command line that contains every one of `words`, run as written by bash with the
+/// printed environment (`source .cluster/env`).
+async fn run_printed(printed: &str, words: &[&str]) -> String {
+    let line = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.starts_with('#') && words.iter().all(|w| l.contains(w)))
+        .unwrap_or_else(|| panic!("no printed command with {words:?}:\n{printed}"));
+    let env = PathBuf::from(std::env::var("ROUTESTATE_CLUSTER_DIR").unwrap()).join("env");
+    let script = format!("source {} && {line}", env.display());
+    ok("/bin/bash", &["-c", &script], None).await
+}
+
+#[tokio::test]
+async fn make_run_on_the_real_node_installs_the_image_with_helm_and_runs_real_game_servers() {
+    RealNode::require_images(&[OPERATOR_IMAGE, GAME_SERVER_IMAGE]).await;
+    let make_run = MakeRun::start(true);
+    let printed = make_run.wait_ready().await;
+    let ns = make_run.ns.clone();
+    for want in ["helm release routestate", "game", "DenyNewCall", "rollout restart", "scale", "status", "/session/"] {
+        assert!(printed.contains(want), "output lacks {want:?}:\n{printed}");
+    }
+    // The operator runs in pods of the local image, the game servers on the real node.
+    let pods = ok("kubectl", &["get", "pods", "-n", &ns, "-o", "json"], None).await;
+    let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    let items = pods["items"].as_array().unwrap();
+    let node = RealNode::require().name;
+    for (prefix, image, want) in [("routestate-", OPERATOR_IMAGE, 2), ("game-", GAME_SERVER_IMAGE, 3)] {
+        let mine: Vec<_> =
+            items.iter().filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with(prefix)).collect();
+        assert_eq!(mine.len(), want, "{prefix} pods: {mine:?}");
+        for p in mine {
+            assert_eq!(p["spec"]["containers"][0]["image"], image);
+            assert_eq!(p["spec"]["nodeName"], node.as_str());
+        }
+    }
+    let mut redis = support::redis().await;
+    let s = states(&mut redis, &ns, "game").await;
+    assert_eq!(s.values().map(|p| p.routing).collect::<Vec<_>>(), [RoutingState::Ready; 3], "{s:?}");
+
+    // The printed steps, as written: a session on pod 1, the state hash, a drain.
+    let answer = run_printed(&printed, &["curl", "/session/alice"]).await;
+    assert!(answer.starts_with("game-1 READY"), "{answer}");
+    let hash = run_printed(&printed, &["redis-cli", "HGETALL"]).await;
+    assert_eq!(hash.lines().count(), 6, "3 fields and values:\n{hash}");
+    run_printed(&printed, &["patch", "DenyNewCall"]).await;
+    wait_routing(&redis, &ns, "game", 1, RoutingState::DenyNewCall, "pod 1 drained", TIMEOUT).await;
+    run_printed(&printed, &["patch", r#""pods":[]"#]).await;
+    wait_routing(&redis, &ns, "game", 1, RoutingState::Ready, "pod 1 back", TIMEOUT).await;
+
+    let printed = make_run.ctrl_c().await;
+    assert!(printed.contains("helm uninstall"), "{printed}");
+    assert!(states(&mut redis, &ns, "game").await.is_empty(), "Redis keys left behind");
+    let releases = ok("helm", &["list", "-n", &ns, "-q"], None).await;
+    assert!(releases.trim().is_empty(), "helm releases left in {ns}: {releases}");
+    // The namespace it created goes, with whatever still drains in it.
+    let phase = run("kubectl", &["get", "namespace", &ns, "-o", "jsonpath={.status.phase}"], None).await;
+    assert!(!phase.ok || phase.stdout == "Terminating", "namespace {ns}: {phase:?}");
+}
+
+#[tokio::test]
+async fn make_run_without_a_real_node_runs_the_operator_locally_and_ctrl_c_stops_what_it_started() {
+    let make_run = MakeRun::start(false);
+    let printed = make_run.wait_ready().await;
+    let ns = make_run.ns.clone();
     // It printed `kubectl get routestates` and the next commands to try.
     for want in ["STATEFULSET", "ROUTING", "READY", "web", "DenyNewCall", "routestate.dev/load", "scale", "status"] {
         assert!(printed.contains(want), "output lacks {want:?}:\n{printed}");
     }
-    assert!(!printed.contains("starting the local control plane"), "it must use the running cluster:\n{printed}");
+    if std::env::var_os("ROUTESTATE_NODE").is_some() {
+        assert!(printed.contains("RUN_REAL_NODE=0"), "it must say why it runs without the node:\n{printed}");
+    }
 
     // The example RouteState is Ready and its 3 pods are published READY.
     let json = ok("kubectl", &["get", "routestate", "web", "-n", &ns, "-o", "json"], None).await;
@@ -86,35 +213,15 @@ async fn make_run_reaches_ready_and_ctrl_c_stops_what_it_started() {
     let s = states(&mut redis, &ns, "web").await;
     assert_eq!(s.values().map(|p| p.routing).collect::<Vec<_>>(), [RoutingState::Ready; 3], "{s:?}");
 
-    let op_pid: u32 = std::fs::read_to_string(run_dir.join("operator.pid"))
+    let op_pid: u32 = std::fs::read_to_string(make_run.run_dir.join("operator.pid"))
         .expect("hack/run.sh writes the operator's pid")
         .trim()
         .parse()
         .unwrap();
     assert!(alive(op_pid), "operator {op_pid} should be running");
 
-    // Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group.
-    ok("/bin/kill", &["-INT", "--", &format!("-{script_pid}")], None).await;
-    let status = tokio::time::timeout(Duration::from_secs(90), child.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "hack/run.sh still running 90s after SIGINT:\n{}",
-                out.try_lock().map(|o| o.clone()).unwrap_or_default()
-            )
-        })
-        .unwrap();
-    for r in readers {
-        let _ = r.await;
-    }
-    let printed = out.lock().await.clone();
-    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{printed}");
+    let printed = make_run.ctrl_c().await;
     assert!(!alive(op_pid), "the operator {op_pid} survived Ctrl-C:\n{printed}");
-    assert!(printed.contains("run: stopped"), "{printed}");
-    assert!(!printed.contains("stopping the local cluster"), "it must not stop a cluster it did not start:\n{printed}");
     // The finalizer ran before the operator stopped: no keys left behind.
     assert!(states(&mut redis, &ns, "web").await.is_empty(), "Redis keys left behind");
-    // The shared cluster is still up.
-    let readyz = run("kubectl", &["get", "--raw=/readyz"], None).await;
-    assert!(readyz.ok, "the cluster must still be running: {}", readyz.stderr);
 }

@@ -24,8 +24,8 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use routestate::{
-    core::RoutingState,
-    operator::{RouteState, derive::PodPublish, metrics::Metrics},
+    core::{Published, RoutingState},
+    operator::{RouteState, metrics::Metrics},
     store::RedisOptions,
 };
 use serde_json::Value as Json;
@@ -182,8 +182,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn served_metric_names() -> BTreeSet<String> {
     let m = Metrics::default();
     let rs = ObjectRef::<RouteState>::new("web").within("apps");
-    let pods = [PodPublish { routing: RoutingState::Ready, weighted_load: 1 }];
-    m.observe_publish(&rs, 1, &pods, true);
+    let published = Published { now_ms: 1, pods: [(0, (1, RoutingState::Ready))].into() };
+    m.observe_publish(&rs, 1, Some(&published));
     m.observe_status(&rs, &[]);
     drop(m.reconcile_timer());
     m.render()

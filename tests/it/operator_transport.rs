@@ -8,8 +8,8 @@ use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{Api, api::PostParams, runtime::watcher};
 use routestate::{
     core::RoutingState,
-    operator::{AnnotationTransport, RouteState},
-    server::{ServerConfig, ServerDriver, ServerReport, StateTransport},
+    operator::RouteState,
+    server::{AnnotationTransport, ServerConfig, ServerDriver, ServerReport, StateTransport},
     store::{RedisOptions, Store},
 };
 use tokio_util::sync::CancellationToken;

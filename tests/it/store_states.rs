@@ -255,23 +255,6 @@ async fn state_hash_round_trip(store: Store) {
     assert!(store.read_service(&ns, SVC).await.unwrap().entries.is_empty());
     let zero = store.set_update_period(&ns, SVC, 0).await;
     assert!(matches!(zero, Err(StoreError::InvalidArgument { op: "set_update_period", .. })), "{zero:?}");
-
-    // Many services in one pipelined call (spread over slots, and nodes on the cluster).
-    let services: Vec<(String, Vec<(u32, PodState)>)> = (0..20)
-        .map(|s| {
-            (
-                format!("svc{s}"),
-                (0..5).map(|p| (p, PodState::new(u64::from(p) + s, before, RoutingState::Ready))).collect(),
-            )
-        })
-        .collect();
-    store.set_services_pod_states(&ns, &services).await.unwrap();
-    for (svc, states) in &services {
-        let mut got = store.read_service(&ns, svc).await.unwrap().entries;
-        got.sort();
-        let want: Vec<(String, String)> = states.iter().map(|(p, s)| (p.to_string(), s.encode())).collect();
-        assert_eq!(got, want, "{svc}");
-    }
 }
 
 crate::both!(

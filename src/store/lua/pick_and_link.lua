@@ -1,6 +1,7 @@
 -- pick_and_link: the whole placement of a user in one script.
--- KEYS: [1] link, [2] link hash, and with mode 'redis' also [3] state hash sf:{<ns>:state:<svc>}
---       and [4] its meta hash sf:{<ns>:state:<svc>}meta (standalone Redis: all on one server).
+-- KEYS: [1] link, [2] link hash, and with mode 'redis' also [3] state hash sf:{<ns>:state:<svc>},
+--       [4] its meta hash and, optionally (v1.1), [5] its candidate index (standalone Redis: all
+--       on one server).
 -- ARGV: [1] svc, [2] temporary TTL seconds (> 0), [3] random u32, [4] good range, [5] mode,
 --   mode 'redis':  [6] fallback staleness window ms (used when the meta hash has no valid
 --                  updatePeriodSeconds); time from this server's TIME;
@@ -8,63 +9,63 @@
 --                  (Redis Cluster: the caller read them from the state slot in one round trip).
 -- Returns {pod, created}: the existing link when that pod is still available (alive, not
 -- SHUTDOWN), created = 0; else a good pod written as a temporary link, created = 1; else {-1, 0}.
+--
+-- With a live candidate index (mode 'redis', KEYS[5] exists) the work is logarithmic: the
+-- operator rewrites every state of the service and the index together and the index expires
+-- after one staleness window, so while it exists every state in the hash is fresh. The pick is
+-- then the k-th good pod in the index's order (load, then index as text), k = random mod #good.
+-- Without it, every entry of the state hash is judged (v1): the pick is good[random mod #good]
+-- in ascending pod index.
 local svc, ttl, random, range, mode = ARGV[1], ttl_of(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 if ttl == nil or ttl == -1 or random == nil or range == nil then
   return redis.error_reply('ERR routestate pick_and_link: bad ttl, random or range')
 end
+if mode ~= 'redis' and mode ~= 'inline' then
+  return redis.error_reply('ERR routestate pick_and_link: mode must be redis or inline')
+end
+
+local function link(pod, cur)
+  redis.call('SET', KEYS[1], pod, 'EX', ttl)
+  -- A replaced persistent link (to a pod no longer available) leaves the persistent hash.
+  if cur ~= -1 then redis.call('HDEL', KEYS[2], svc) end
+  return {tonumber(pod), 1}
+end
+
+local cur = pod_of(redis.call('GET', KEYS[1]))
+
+if mode == 'redis' and KEYS[5] then
+  local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    if cur ~= -1 then
+      local _, _, r = triple(redis.call('HGET', KEYS[3], cur))
+      if r and r ~= 50 then return {cur, 0} end
+    end
+    if first[1] == '~' then return {-1, 0} end
+    local n = redis.call('ZCOUNT', KEYS[5], '-inf', tonumber(first[2]) + range)
+    local k = random % n
+    if k == 0 then return link(first[1], cur) end
+    return link(redis.call('ZRANGE', KEYS[5], k, k)[1], cur)
+  end
+end
 
 local now, window, entries, first
 if mode == 'redis' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = server_ms()
   window = tonumber(ARGV[6])
   local period = pod_of(redis.call('HGET', KEYS[4], 'updatePeriodSeconds'))
   if period > 0 then window = period * 3000 end
   first = 1  -- entries: read below, only when the existing link cannot be kept
-elseif mode == 'inline' then
+else
   now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
   entries = ARGV
   first = 8
-else
-  return redis.error_reply('ERR routestate pick_and_link: mode must be redis or inline')
 end
 if now == nil or window == nil then return redis.error_reply('ERR routestate pick_and_link: bad time or window') end
 
--- A decimal digit string that fits u64 (leading zeros allowed, as the Rust parser allows).
--- Up to 15 digits always fits, so the common case is one tonumber.
-local function u64_of(s)
-  if #s <= 15 then return tonumber(s) end
-  local digits = string.gsub(s, '^0+', '')
-  if #digits > 20 or (#digits == 20 and digits > '18446744073709551615') then return nil end
-  return tonumber(s)
-end
-
--- Judges one state string like core::PodState::parse + freshness: nil for garbage or stale,
--- else the routing state byte (48 READY, 49 DENY_NEW_CALL, 50 SHUTDOWN) and, for READY, the
--- load. Three '-'-separated decimal fields, the last one 0, 1 or 2, at most 64 bytes. Plain
--- find/byte/sub rather than captures: this is the script's whole cost on big services.
-local find, byte, sub = string.find, string.byte, string.sub
-local function judge(v)
-  local n = #v
-  if n < 5 or n > 64 or find(v, '[^%d%-]') then return nil end
-  local d1 = find(v, '-', 1, true)
-  local d2 = d1 and find(v, '-', d1 + 1, true)
-  local r = byte(v, n)
-  if d2 ~= n - 1 or d1 == 1 or d2 == d1 + 1 or r > 50 then return nil end
-  local ts = u64_of(sub(v, d1 + 1, d2 - 1))
-  if not ts or (ts < now and now - ts > window) then return nil end
-  if r ~= 48 then return r end
-  local load = u64_of(sub(v, 1, d1 - 1))
-  if not load then return nil end
-  return r, load
-end
-
 -- Keep an existing link whose pod is available (alive, not SHUTDOWN). With the state hash at
 -- hand that is one HGET, so returning users never pay for the full scan.
-local cur = pod_of(redis.call('GET', KEYS[1]))
 if cur ~= -1 and mode == 'redis' then
-  local v = redis.call('HGET', KEYS[3], cur)
-  local r = v and judge(v)
+  local r = judge(redis.call('HGET', KEYS[3], cur), now, window)
   if r and r ~= 50 then return {cur, 0} end
 end
 if mode == 'redis' then entries = redis.call('HGETALL', KEYS[3]) end
@@ -74,12 +75,12 @@ local available = {}
 local ready_idx, ready_load, n_ready, min, max_idx = {}, {}, 0, nil, 0
 for i = first, #entries - 1, 2 do
   local f = entries[i]
-  if f == '0' or find(f, '^[1-9]%d*$') then
-    local idx = tonumber(f)
-    local r, load = judge(entries[i + 1])
-    if r and idx <= 4294967295 then
+  local idx = pod_of(f)
+  if idx ~= -1 then
+    local r, load = judge(entries[i + 1], now, window)
+    if r then
       available[idx] = (r ~= 50)
-      if load then
+      if r == 48 then
         n_ready = n_ready + 1
         ready_idx[n_ready], ready_load[n_ready] = idx, load
         if min == nil or load < min then min = load end
@@ -115,7 +116,4 @@ else
   table.sort(good)
   pod = good[(random % n_good) + 1]
 end
-redis.call('SET', KEYS[1], pod, 'EX', ttl)
--- A replaced persistent link (to a pod no longer available) leaves the persistent hash.
-if cur ~= -1 then redis.call('HDEL', KEYS[2], svc) end
-return {pod, 1}
+return link(pod, cur)

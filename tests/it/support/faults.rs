@@ -53,7 +53,8 @@ pub fn wait_sync(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A self-signed CA and a server certificate for `127.0.0.1`/`localhost`, signed by it.
+/// A self-signed CA and a server certificate for `127.0.0.1`/`localhost` (plus any extra IP
+/// addresses), signed by it.
 pub struct TlsFiles {
     pub dir: TempDir,
     pub ca_cert: PathBuf,
@@ -68,6 +69,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl TlsFiles {
     pub fn new() -> Self {
+        Self::for_ips(&[])
+    }
+
+    /// The server certificate also names `extra_ips` (e.g. the real node's bridge address).
+    pub fn for_ips(extra_ips: &[&str]) -> Self {
         let dir = TempDir::new("tls");
         let d = dir.path();
         openssl(
@@ -103,9 +109,10 @@ impl TlsFiles {
                 "server.csr",
             ],
         );
+        let extra: String = extra_ips.iter().map(|ip| format!(",IP:{ip}")).collect();
         std::fs::write(
             d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
         )
         .unwrap();
         openssl(
@@ -155,8 +162,19 @@ impl PrivateRedis {
     }
 
     pub fn start_with(spec: RedisSpec) -> Self {
+        Self::start_on(spec, &[])
+    }
+
+    /// Also listening on `extra_bind` (e.g. the real node's bridge address, for pods).
+    pub fn start_on(spec: RedisSpec, extra_bind: &[&str]) -> Self {
         let port = free_port();
         let mut args = Vec::new();
+        if !extra_bind.is_empty() {
+            // A later `--bind` replaces the default loopback-only one.
+            args.push("--bind".to_owned());
+            args.push("127.0.0.1".to_owned());
+            args.extend(extra_bind.iter().map(|a| (*a).to_owned()));
+        }
         if let Some((ca, cert, key)) = &spec.tls {
             args.extend(tls_args(port, ca, cert, key));
         }
@@ -221,6 +239,8 @@ impl PrivateCluster {
         let out = Command::new(repo_root().join("hack/cluster.sh"))
             .args(args)
             .env("CLUSTER_DIR", self.dir.path())
+            // A private control plane for fault tests; the real node is the shared cluster's.
+            .env("CLUSTER_NODE", "0")
             .output()
             .expect("running hack/cluster.sh");
         assert!(

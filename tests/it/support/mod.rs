@@ -12,6 +12,7 @@ use std::{
 pub mod cli;
 pub mod faults;
 pub mod links_workload;
+pub mod node;
 pub mod operator;
 pub mod redis_ha;
 pub mod store;

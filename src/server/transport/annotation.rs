@@ -1,7 +1,7 @@
-//! The server-role transport of a pod: its [`ServerReport`]s become annotations on the pod's own
-//! object (`routestate.dev/load`, `routestate.dev/waiting-tasks`, `routestate.dev/routing-state`),
-//! which the operator reads and publishes. Patches are coalesced: at most one per second, and
-//! only the latest report is written.
+//! The annotation transport: a pod's [`ServerReport`]s become annotations on its own object
+//! (`routestate.dev/load`, `routestate.dev/waiting-tasks`, `routestate.dev/routing-state`,
+//! [`crate::core::annotations`]), which the operator reads and publishes. Patches are coalesced:
+//! at most one per second, and only the latest report is written.
 //!
 //! RBAC the pod's ServiceAccount needs (a Role in the pod's namespace; `resourceNames` may
 //! list the StatefulSet's pod names to restrict it to them):
@@ -26,19 +26,17 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use super::derive::{ANNOTATION_LOAD, ANNOTATION_ROUTING, ANNOTATION_WAITING};
-use crate::server::{ServerReport, StateTransport, TransportError};
+use super::{ServerReport, StateTransport, TransportError};
+use crate::core::annotations;
 
 /// Minimum time between two patches.
 pub const MIN_PATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The annotations that carry a report.
-pub fn annotations(report: &ServerReport) -> serde_json::Value {
-    serde_json::json!({
-        ANNOTATION_LOAD: report.load_state.to_string(),
-        ANNOTATION_WAITING: report.waiting_tasks.to_string(),
-        ANNOTATION_ROUTING: report.routing.kube_name(),
-    })
+/// The merge patch that writes a report.
+fn patch(report: &ServerReport) -> serde_json::Value {
+    let annotations: serde_json::Map<String, serde_json::Value> =
+        annotations::encode(report).into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+    serde_json::json!({"metadata": {"annotations": annotations}})
 }
 
 struct Shared {
@@ -128,8 +126,7 @@ async fn patch_loop(
         loop {
             let report = *rx.borrow_and_update();
             let Some(r) = report.filter(|r| Some(*r) != last_written) else { break };
-            let patch = serde_json::json!({"metadata": {"annotations": annotations(&r)}});
-            match api.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch(&r))).await {
                 Ok(_) => {
                     last_written = Some(r);
                     *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -151,30 +148,18 @@ async fn patch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        core::RoutingState,
-        operator::derive::{PodFacts, pod_load},
-    };
+    use crate::core::RoutingState;
 
     #[test]
-    fn annotations_round_trip_through_the_operator_parser() {
+    fn the_patch_carries_the_report_in_the_documented_annotations() {
         let report = ServerReport { load_state: 100, waiting_tasks: 10, routing: RoutingState::DenyNewCall };
-        let ann = annotations(&report);
-        let facts = PodFacts {
-            name: "web-0".into(),
-            index: 0,
-            ready: true,
-            terminating: false,
-            annotations: ann
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect(),
-        };
-        let mut findings = Vec::new();
-        assert_eq!(pod_load(0.7, None, &facts, &mut findings), 37);
-        assert_eq!(facts.annotations[ANNOTATION_ROUTING].parse::<RoutingState>().unwrap(), RoutingState::DenyNewCall);
-        assert!(findings.is_empty());
+        assert_eq!(
+            patch(&report),
+            serde_json::json!({"metadata": {"annotations": {
+                "routestate.dev/load": "100",
+                "routestate.dev/waiting-tasks": "10",
+                "routestate.dev/routing-state": "DenyNewCall",
+            }}})
+        );
     }
 }
