@@ -11,6 +11,7 @@ mod chart_static;
 mod client_read_model;
 mod client_role;
 mod cluster_smoke;
+mod crd_apply;
 mod image_oci;
 mod kubectl_experience;
 mod kubectl_make_run;
