@@ -8,6 +8,7 @@ mod support;
 mod chart_install;
 mod chart_rbac;
 mod chart_static;
+mod cli_plugin;
 mod client_read_model;
 mod client_role;
 mod cluster_smoke;
