@@ -1,7 +1,8 @@
 //! The generated CRD applied as users apply it (`kubectl apply`, client- and server-side, created
 //! and changed) draws no warning from the API server — its schema carries only formats the API
 //! server knows — and the ranges those formats stood for are still enforced. The CRD is applied
-//! under a group of its own, so the cluster's RouteState CRD is not touched.
+//! under a group and names of its own, so the cluster's RouteState CRD is not touched and
+//! `kubectl get routestates` stays unambiguous for the other tests meanwhile.
 
 use serde_yaml::Value;
 
@@ -10,13 +11,19 @@ use crate::support::{
     cli::{ok, repo_root, run},
 };
 
-/// The committed CRD (`crds/routestate.yaml`, what `routestate crd` prints) under `group`.
+/// Kind of the test copy.
+const KIND: &str = "FormatProbe";
+
+/// The committed CRD (`crds/routestate.yaml`, what `routestate crd` prints) under `group`, with
+/// kind [`KIND`] (same schema, other names).
 fn crd_in(group: &str) -> Value {
     let path = repo_root().join("crds/routestate.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut crd: Value = serde_yaml::from_str(&text).unwrap();
-    crd["metadata"]["name"] = format!("routestates.{group}").into();
+    crd["metadata"]["name"] = format!("formatprobes.{group}").into();
     crd["spec"]["group"] = group.into();
+    crd["spec"]["names"] =
+        serde_yaml::from_str(&format!("{{kind: {KIND}, plural: formatprobes, singular: formatprobe}}")).unwrap();
     crd
 }
 
@@ -51,7 +58,7 @@ impl Drop for DeleteCrd {
 async fn applying_the_crd_prints_no_warning_and_its_ranges_hold() {
     let client = support::kube_client().await;
     let group = format!("{}.test.routestate.dev", support::unique_name("fmt"));
-    let name = format!("routestates.{group}");
+    let name = format!("formatprobes.{group}");
     let _delete = DeleteCrd(name.clone());
     let crd = crd_in(&group);
 
@@ -75,7 +82,7 @@ async fn applying_the_crd_prints_no_warning_and_its_ranges_hold() {
     let ns = TestNamespace::new(&client, "crd-fmt").await;
     let create = |obj: &str, spec: serde_json::Value| {
         let manifest = serde_json::json!({
-            "apiVersion": format!("{group}/v1alpha1"), "kind": "RouteState",
+            "apiVersion": format!("{group}/v1alpha1"), "kind": KIND,
             "metadata": {"name": obj, "namespace": ns.name}, "spec": spec,
         });
         async move { run("kubectl", &["create", "-f", "-"], Some(&manifest.to_string())).await }
