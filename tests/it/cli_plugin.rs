@@ -135,14 +135,8 @@ async fn kubectl_runs_routestate_as_a_plugin_with_kubeconfig_flags() {
     let (code, _, err) = kubectl(&bin, None, &["routestate", "statuz"]).await;
     assert!(code == 2 && err.contains("kubectl routestate"), "{code} {err}");
 
-    rs_api.delete("web", &Default::default()).await.unwrap();
-    support::wait_for("RouteState web deleted", TIMEOUT, || async {
-        match rs_api.get_opt("web").await {
-            Ok(None) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    // kubectl waits until the operator's finalizer has run.
+    ok("kubectl", &["delete", "routestate", "web", "-n", &ns.name, "--timeout=60s"], None).await;
     assert!(states(&mut redis, &ns.name, "web").await.is_empty(), "the finalizer left Redis keys");
     operator.shutdown().await.expect("graceful shutdown");
 }

@@ -99,16 +99,21 @@ impl MakeRun {
         Self { child, pid, out, readers, ns, run_dir }
     }
 
-    async fn wait_ready(&self) -> String {
-        support::wait_for("hack/run.sh's ready line", TIMEOUT, || {
+    /// Waits until it has printed `needle`; returns all it printed.
+    async fn wait_printed(&self, what: &str, needle: &str) -> String {
+        support::wait_for(what, TIMEOUT, || {
             let out = self.out.clone();
             async move {
                 let o = out.lock().await;
-                if o.contains("run: ready:") { Ok(()) } else { Err(o.clone()) }
+                if o.contains(needle) { Ok(()) } else { Err(o.clone()) }
             }
         })
         .await;
-        let printed = self.out.lock().await.clone();
+        self.out.lock().await.clone()
+    }
+
+    async fn wait_ready(&self) -> String {
+        let printed = self.wait_printed("hack/run.sh's ready line", "run: ready:").await;
         assert!(!printed.contains("starting the local control plane"), "it must use the running cluster:\n{printed}");
         printed
     }
@@ -284,14 +289,7 @@ async fn make_run_without_a_real_node_runs_the_operator_locally_and_ctrl_c_stops
     // A previous run's namespace, still Terminating: make run waits for it to go.
     terminating_namespace(&client, &ns).await;
     let make_run = MakeRun::start_in(ns.clone(), false);
-    support::wait_for("hack/run.sh waiting for the Terminating namespace", TIMEOUT, || {
-        let out = make_run.out.clone();
-        async move {
-            let o = out.lock().await;
-            if o.contains("is still being deleted") { Ok(()) } else { Err(o.clone()) }
-        }
-    })
-    .await;
+    make_run.wait_printed("hack/run.sh waiting for the Terminating namespace", "is still being deleted").await;
     release_namespace(&client, &ns).await;
     let printed = make_run.wait_ready().await;
     assert!(printed.contains(&format!("namespace {ns} is gone")), "{printed}");
