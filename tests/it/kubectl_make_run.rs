@@ -27,6 +27,7 @@ use tokio::{
 use crate::support::{
     self,
     cli::{ok, repo_root, run},
+    faults::TempDir,
     node::{GAME_SERVER_IMAGE, OPERATOR_IMAGE, RealNode},
     operator::{states, wait_routing},
 };
@@ -178,6 +179,7 @@ async fn release_namespace(client: &Client, name: &str) {
 async fn make_run_gives_up_on_a_namespace_that_stays_terminating() {
     let client = support::kube_client().await;
     let ns = support::unique_name("run-stuck");
+    let run_dir = TempDir::new("run-stuck");
     terminating_namespace(&client, &ns).await;
     // The namespace controller says what holds it (once it has deleted what it could).
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -195,7 +197,7 @@ async fn make_run_gives_up_on_a_namespace_that_stays_terminating() {
         TIMEOUT,
         Command::new(repo_root().join("hack/run.sh"))
             .env("RUN_NAMESPACE", &ns)
-            .env("RUN_DIR", std::env::temp_dir().join(&ns))
+            .env("RUN_DIR", run_dir.path())
             .env("RUN_REAL_NODE", "0")
             .env("RUN_NAMESPACE_WAIT_SECONDS", "2")
             .env("ROUTESTATE_BIN", env!("CARGO_BIN_EXE_routestate"))
