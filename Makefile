@@ -16,7 +16,7 @@ unit: ## unit tests only (no cluster): the pure core crate and the library's own
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 fmt: ## format the code
 	cargo fmt --all

@@ -93,7 +93,8 @@ fn plan(ns: &str, svc: &str, n: u32) -> ServicePlan {
 async fn publisher_run(url: &str, run: usize, services: u32) -> (f64, i64) {
     let live0 = live_kib();
     let store = Store::connect(&RedisOptions::standalone(url)).await.expect("connecting");
-    let (_leader_tx, leader) = watch::channel(true);
+    let (_leader_tx, leader) =
+        routestate::operator::Leadership::channel(Some(routestate::operator::Claim::unlimited()));
     let (sync_tx, mut sync_rx) = mpsc::unbounded_channel::<ObjectRef<RouteState>>();
     tokio::spawn(async move { while sync_rx.recv().await.is_some() {} });
     let metrics = Arc::new(Metrics::default());

@@ -17,6 +17,7 @@
 //! HTTP: `GET /session/<uid>` serves user `uid` (it counts as a session of this pod) and answers
 //! `<pod> <routing state>`; `GET /healthz`.
 
+use routestate::core::ErrorChain;
 use std::{
     collections::HashSet,
     error::Error,
@@ -95,7 +96,7 @@ async fn session(State(app): State<Arc<App>>, Path(uid): Path<String>) -> String
     if let Some(n) = count
         && let Err(e) = app.driver.set_load_state(n as u64).await
     {
-        tracing::warn!(error = %e, "reporting load");
+        tracing::warn!(error = %e.chain(), "reporting load");
     }
     format!("{} {}\n", app.pod, app.driver.routing_state().wire_name())
 }

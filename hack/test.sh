@@ -47,8 +47,7 @@ fi
 # --- end real node ---
 
 step "lint"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+make -s lint
 
 step "unit and integration tests"
 # Library, binary, integration and doc tests (benches are compiled by clippy above and run by `make bench`).

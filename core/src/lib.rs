@@ -4,6 +4,7 @@
 //! operator and the Lua scripts' reference model.
 
 pub mod annotations;
+pub mod error_chain;
 pub mod keys;
 pub mod load;
 pub mod plan;
@@ -14,6 +15,7 @@ pub mod routing;
 pub mod selection;
 pub mod workload;
 
+pub use error_chain::ErrorChain;
 pub use keys::{KeyError, Keys, ServiceKeys};
 pub use load::{CpuFactor, MAX_LOAD, weighted_load};
 pub use plan::{PodPlan, Published, ServicePlan, WorkloadPlan};
@@ -40,6 +42,12 @@ pub const LINK_CACHE_TTL_SECS: u64 = 240;
 /// uses [`CpuFactor::DEFAULT`]).
 pub const DEFAULT_CPU_FACTOR: f64 = 0.7;
 
+/// A Redis `TIME` reply (seconds, microseconds) as epoch milliseconds, as every writer stamps
+/// and every reader judges states: `sec × 1000 + floor(usec / 1000)`.
+pub fn redis_time_ms(secs: u64, micros: u64) -> u64 {
+    secs.saturating_mul(1000).saturating_add(micros / 1000)
+}
+
 /// The staleness window for a service published with `update_period_secs`.
 pub fn staleness_window_ms(update_period_secs: u32) -> u64 {
     u64::from(update_period_secs) * 1000 * STALENESS_PERIODS
@@ -47,6 +55,13 @@ pub fn staleness_window_ms(update_period_secs: u32) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redis_time_is_milliseconds_truncated() {
+        assert_eq!(super::redis_time_ms(1_764_000_000, 123_999), 1_764_000_000_123);
+        assert_eq!(super::redis_time_ms(0, 999), 0);
+        assert_eq!(super::redis_time_ms(u64::MAX, 0), u64::MAX, "saturates");
+    }
+
     #[test]
     fn the_staleness_window_is_three_periods_in_milliseconds() {
         assert_eq!(super::staleness_window_ms(10), 30_000);

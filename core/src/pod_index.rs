@@ -20,7 +20,7 @@ pub fn pod_index(name: &str, label: Option<&str>, statefulset: Option<&str>) -> 
     let from_name = name_ordinal(name, statefulset);
     match label {
         Some(value) => {
-            let label = parse_ordinal(value)
+            let label = parse_index(value)
                 .ok_or_else(|| PodIndexError::BadLabel { pod: name.to_owned(), value: value.to_owned() })?;
             match from_name {
                 Some(ordinal) if ordinal != label => {
@@ -38,11 +38,18 @@ fn name_ordinal(name: &str, statefulset: Option<&str>) -> Option<u32> {
     if statefulset.is_some_and(|sts| sts != prefix) {
         return None;
     }
-    parse_ordinal(suffix)
+    parse_index(suffix)
 }
 
-/// Decimal digits only, no sign, no leading zeros (except "0"), within u32.
-fn parse_ordinal(s: &str) -> Option<u32> {
+/// The name of pod `index` of StatefulSet `statefulset`: `<statefulset>-<index>` (what the
+/// StatefulSet controller names it; used when the pod itself is not at hand).
+pub fn pod_name(statefulset: &str, index: u32) -> String {
+    format!("{statefulset}-{index}")
+}
+
+/// A canonical pod index: decimal digits only, no sign, no leading zeros (except "0"), within
+/// u32 — a pod name's ordinal, the pod-index label, a state-hash field, a link's value.
+pub fn parse_index(s: &str) -> Option<u32> {
     let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
@@ -51,6 +58,18 @@ fn parse_ordinal(s: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn names_and_indices_round_trip() {
+        assert_eq!(pod_name("web", 3), "web-3");
+        assert_eq!(pod_index(&pod_name("my-app", 12), None, Some("my-app")), Ok(12));
+        for (s, want) in [("0", Some(0)), ("17", Some(17)), ("4294967295", Some(u32::MAX))] {
+            assert_eq!(parse_index(s), want, "{s:?}");
+        }
+        for bad in ["", "01", "-1", "+1", " 1", "1 ", "4294967296", "1.0", "x"] {
+            assert_eq!(parse_index(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn label_first_then_name() {

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{load::MAX_LOAD, pod_state::PodState, routing::RoutingState};
+use super::{load::MAX_LOAD, pod_index::parse_index, pod_state::PodState, routing::RoutingState};
 
 /// How a service's states are judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl ServiceSnapshot {
         let mut skipped = Vec::new();
         for (field, value) in entries {
             let (field, value) = (field.as_ref(), value.as_ref());
-            let Some(index) = parse_field(field) else {
+            let Some(index) = parse_index(field) else {
                 skipped.push(Skipped {
                     field: super::pod_state::truncate(field),
                     reason: "field is not a pod index".into(),
@@ -187,13 +187,6 @@ impl ServiceSnapshot {
         }
         Some(self.good[random as usize % self.good.len()])
     }
-}
-
-/// A state-hash field is a pod index: canonical decimal within u32.
-pub fn parse_field(field: &str) -> Option<u32> {
-    let canonical =
-        !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()) && (field == "0" || !field.starts_with('0'));
-    canonical.then(|| field.parse().ok()).flatten()
 }
 
 #[cfg(test)]

@@ -37,8 +37,12 @@ pub const MAX_WORKLOAD_LEN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    #[error("workload value {value:?} is not a valid workload JSON object: {source}")]
-    Malformed { value: String, source: serde_json::Error },
+    #[error("workload value {value:?} is not a valid workload JSON object")]
+    Malformed {
+        value: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("workload value of {len} bytes is longer than {MAX_WORKLOAD_LEN}")]
     TooLong { len: usize },
 }

@@ -307,12 +307,9 @@ enum Failure {
     Runtime(String),
 }
 
-impl<E: std::fmt::Display> From<E> for Failure
-where
-    E: Into<Box<dyn std::error::Error>>,
-{
+impl<E: std::error::Error + 'static> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure::Runtime(e.to_string())
+        Failure::Runtime(crate::core::ErrorChain::chain(&e).to_string())
     }
 }
 
@@ -360,11 +357,12 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn run(args: RunArgs) -> Result<(), Failure> {
-    if args.leader_elect && args.lease_renew_seconds * 2 >= args.lease_duration_seconds {
-        return Err(Failure::Usage(format!(
-            "--lease-renew-seconds ({}) must be less than half of --lease-duration-seconds ({})",
-            args.lease_renew_seconds, args.lease_duration_seconds
-        )));
+    let (duration, renew) =
+        (Duration::from_secs(args.lease_duration_seconds), Duration::from_secs(args.lease_renew_seconds));
+    if args.leader_elect
+        && let Err(e) = operator::leader::check_timing(duration, renew)
+    {
+        return Err(Failure::Usage(format!("--lease-renew-seconds and --lease-duration-seconds: {e}")));
     }
     let redis = args.redis.options().map_err(Failure::Usage)?;
     init_logs(args.log_format);
@@ -378,8 +376,8 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         name: args.lease_name.clone(),
         namespace: args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned()),
         identity: identity.clone(),
-        duration: Duration::from_secs(args.lease_duration_seconds),
-        renew_every: Duration::from_secs(args.lease_renew_seconds),
+        duration,
+        renew_every: renew,
     });
     let config = OperatorConfig {
         client,
@@ -389,7 +387,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         http_addr: Some(args.http_addr),
         instance: identity,
     };
-    operator::run(config).await.map_err(|e| Failure::Runtime(e.to_string()))
+    operator::run(config).await.map_err(|e| Failure::Runtime(crate::core::ErrorChain::chain(&e).to_string()))
 }
 
 /// One row of `routestate status`.
@@ -416,7 +414,7 @@ pub fn status_rows(
 ) -> Vec<StatusRow> {
     let mut rows: Vec<(u64, StatusRow)> = entries
         .iter()
-        .map(|(field, value)| match (crate::core::selection::parse_field(field), PodState::parse(value)) {
+        .map(|(field, value)| match (crate::core::pod_index::parse_index(field), PodState::parse(value)) {
             (Some(i), Ok(s)) => {
                 let age = s.age_ms(now_ms);
                 let stale = if s.is_fresh(now_ms, window_ms) { "" } else { " (stale)" };
@@ -562,7 +560,9 @@ async fn status(args: StatusArgs) -> Result<(), Failure> {
             let window = states.window_ms(staleness_window_ms(DEFAULT_UPDATE_PERIOD_SECS));
             let period = states.update_period_secs.map_or("unknown".to_owned(), |p| format!("{p}s"));
             out.push_str(&format!("{} (period {period}, stale after {}s)\n", t.title, window / 1000));
-            let name = |i: u32| t.pod_names.get(&i).cloned().unwrap_or_else(|| format!("{}-{i}", t.statefulset));
+            let name = |i: u32| {
+                t.pod_names.get(&i).cloned().unwrap_or_else(|| crate::core::pod_index::pod_name(&t.statefulset, i))
+            };
             let rows = status_rows(&states.entries, states.now_ms, window, name);
             if rows.is_empty() {
                 out.push_str("no pod states published\n");

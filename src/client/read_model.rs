@@ -6,6 +6,7 @@
 //! time of the read is kept with a local monotonic instant, so later questions judge freshness
 //! at "server time now" without another round trip.
 
+use crate::core::ErrorChain;
 use std::{
     sync::{Arc, Mutex, RwLock, Weak},
     time::Instant,
@@ -293,7 +294,7 @@ async fn refresh_loop(inner: Weak<Inner>) {
             let _fetching = slot.fetch.lock().await;
             if let Err(e) = inner.fetch(&key.ns, &key.svc, slot).await {
                 // Keep the last good view; the next period retries.
-                tracing::warn!(ns = key.ns, svc = key.svc, error = %e, "refreshing pod states failed");
+                tracing::warn!(ns = key.ns, svc = key.svc, error = %e.chain(), "refreshing pod states failed");
             }
         }))
         .await;

@@ -45,10 +45,17 @@ pub enum Finding {
     MalformedAnnotation { pod: String, annotation: &'static str, value: String, expected: &'static str },
     /// The pod's index could not be determined; the pod is not published.
     #[error("{0}; the pod is not published")]
-    BadPodIndex(#[from] pod_index::PodIndexError),
+    BadPodIndex(pod_index::PodIndexError),
     /// Two pods claim the same index; the first by name is used.
     #[error("pods {first} and {second} both have index {index}; publishing {first} only")]
     DuplicateIndex { index: u32, first: String, second: String },
+}
+
+// Not a `#[source]`: the finding's message already says it.
+impl From<pod_index::PodIndexError> for Finding {
+    fn from(e: pod_index::PodIndexError) -> Self {
+        Finding::BadPodIndex(e)
+    }
 }
 
 impl Finding {
@@ -75,14 +82,15 @@ impl Finding {
     }
 }
 
-/// Is `pod` controlled by the StatefulSet `statefulset`? Only such pods are published.
-pub fn owned_by(pod: &Pod, statefulset: &str) -> bool {
-    pod.metadata.owner_references.as_deref().unwrap_or_default().iter().any(|o| {
-        o.controller == Some(true)
-            && o.kind == "StatefulSet"
-            && o.api_version.starts_with("apps/")
-            && o.name == statefulset
-    })
+/// The StatefulSet controlling `pod` (its controller owner reference of kind `apps/*`
+/// StatefulSet), if any: only such pods are published, under that StatefulSet.
+pub fn controlling_statefulset(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .as_deref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))
+        .map(|o| o.name.as_str())
 }
 
 /// The facts of a pod of `statefulset`, or a finding when its index cannot be determined.
@@ -754,8 +762,7 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         }))
         .unwrap();
-        assert!(owned_by(&p, "web"));
-        assert!(!owned_by(&p, "other"));
+        assert_eq!(controlling_statefulset(&p), Some("web"));
         let f = pod_facts(&p, "web").unwrap();
         assert_eq!((f.index, f.ready, f.terminating), (2, true, true));
         assert_eq!(f.annotations.keys().collect::<Vec<_>>(), ["routestate.dev/load"]);

@@ -2,6 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::core::ErrorChain;
+
 use super::{
     controller::Synced,
     metrics::Metrics,
@@ -41,7 +43,7 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     }
     let failure = match tokio::time::timeout(Duration::from_secs(1), s.publisher.ping()).await {
         Ok(Ok(())) => return (StatusCode::OK, "ok\n".to_owned()),
-        Ok(Err(e)) => format!("redis unreachable: {e}"),
+        Ok(Err(e)) => format!("redis unreachable: {}", e.chain()),
         Err(_) => "redis unreachable: PING timed out after 1s".to_owned(),
     };
     // Not ready only once Redis has been failing for the grace period (publishes count too).

@@ -6,7 +6,12 @@
 //! keeps writing. Others take over once `renewTime + leaseDurationSeconds` has passed; on a
 //! graceful shutdown the holder releases the lease (empty holder) so a standby takes over within
 //! one retry instead of one lease duration.
+//!
+//! Leadership reaches the writers as a [`Claim`] with an expiry, not as a flag: every write
+//! checks [`Leadership::holds`] against the clock, so a renewal that hangs stops the writes when
+//! the claim runs out, even before the election loop notices.
 
+use crate::core::ErrorChain;
 use std::time::Duration;
 
 use k8s_openapi::{
@@ -18,7 +23,7 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 /// Default lease duration.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -51,6 +56,123 @@ impl LeaseConfig {
             renew_every: DEFAULT_RENEW_EVERY,
         }
     }
+
+    /// The timing rule: a holder must be able to miss a renewal and still hold its claim, so the
+    /// renew period is less than half the duration (and neither is zero). The chart's values
+    /// schema and the CLI's flags are checked against this.
+    pub fn validate(&self) -> Result<(), LeaseConfigError> {
+        check_timing(self.duration, self.renew_every)?;
+        if self.identity.is_empty() || self.name.is_empty() || self.namespace.is_empty() {
+            return Err(LeaseConfigError::Empty {
+                field: if self.identity.is_empty() {
+                    "identity"
+                } else if self.name.is_empty() {
+                    "name"
+                } else {
+                    "namespace"
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// How long a successful renewal lets this replica write, from the moment it started: one
+    /// renew period less than the duration, so the claim runs out before any other replica may
+    /// take the lease (which it can only at `renewTime + duration`).
+    pub fn claim_validity(&self) -> Duration {
+        self.duration.saturating_sub(self.renew_every)
+    }
+}
+
+/// The timing rule of [`LeaseConfig::validate`], for callers that check it before the rest of
+/// the configuration is known (the CLI's flags).
+pub fn check_timing(duration: Duration, renew: Duration) -> Result<(), LeaseConfigError> {
+    if renew.is_zero() || duration.as_secs() == 0 || renew * 2 >= duration {
+        return Err(LeaseConfigError::Timing { duration, renew });
+    }
+    Ok(())
+}
+
+/// A lease configuration that breaks the timing rule ([`LeaseConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseConfigError {
+    /// The renew period is not less than half the duration.
+    #[error(
+        "lease renew period {renew:?} must be non-zero and less than half the lease duration {duration:?} (renew × 2 < duration)"
+    )]
+    Timing {
+        /// The lease duration.
+        duration: Duration,
+        /// The renew period.
+        renew: Duration,
+    },
+    /// The lease name, namespace or identity is empty.
+    #[error("the lease {field} must not be empty")]
+    Empty {
+        /// Which one.
+        field: &'static str,
+    },
+}
+
+/// This replica's claim on the lease: it may write until `expires` (monotonic time) unless the
+/// claim is renewed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// When the claim runs out.
+    pub expires: Instant,
+}
+
+impl Claim {
+    /// A claim that never runs out (a single replica without leader election).
+    pub fn unlimited() -> Self {
+        // ~30 years: far beyond any process' life, and far from `Instant`'s overflow.
+        Self { expires: Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600) }
+    }
+
+    /// Whether the claim is valid at `now`.
+    pub fn valid_at(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+/// Leadership as the writers see it: the current claim, checked against the clock at each write.
+/// Receivers are woken when leadership is gained or lost, not at each renewal.
+#[derive(Debug, Clone)]
+pub struct Leadership(watch::Receiver<Option<Claim>>);
+
+impl Leadership {
+    /// A sender of claims and the leadership it feeds, holding `initial`.
+    pub fn channel(initial: Option<Claim>) -> (watch::Sender<Option<Claim>>, Leadership) {
+        let (tx, rx) = watch::channel(initial);
+        (tx, Leadership(rx))
+    }
+
+    /// Whether this replica may write now.
+    pub fn holds(&self) -> bool {
+        self.0.borrow().is_some_and(|c| c.valid_at(Instant::now()))
+    }
+
+    /// Like [`Leadership::holds`], and marks the current value seen (see [`Leadership::changed`]).
+    pub fn holds_and_update(&mut self) -> bool {
+        self.0.borrow_and_update().is_some_and(|c| c.valid_at(Instant::now()))
+    }
+
+    /// Waits until leadership is gained or lost after the value last seen; `Err` when the
+    /// election has stopped.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.0.changed().await
+    }
+}
+
+/// Publishes `claim` (this round's outcome) to the writers, waking them only when holding
+/// changes: the previous claim had run out or was absent and this one holds, or the reverse.
+fn publish_claim(tx: &watch::Sender<Option<Claim>>, claim: Option<Claim>, now: Instant) -> bool {
+    tx.send_if_modified(|current| {
+        let was = current.is_some_and(|c| c.valid_at(now));
+        let is = claim.is_some_and(|c| c.valid_at(now));
+        *current = claim;
+        was != is
+    })
 }
 
 /// What to do with the lease as it is now.
@@ -118,20 +240,22 @@ pub fn claimed(
     spec
 }
 
-/// Runs the election until `shutdown` turns true, publishing leadership on `leader`; on
-/// shutdown, releases the lease if held. Leadership is dropped at once on any renewal failure.
+/// Runs the election until `shutdown` turns true, publishing this replica's claim on `leader`;
+/// on shutdown, releases the lease if held. The claim is withdrawn at once on any renewal
+/// failure, and runs out by itself if a renewal hangs.
 pub async fn run(
     client: Client,
     config: LeaseConfig,
-    leader: watch::Sender<bool>,
+    leader: watch::Sender<Option<Claim>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     loop {
+        let started = Instant::now();
         let (held, expires) = match tokio::time::timeout(config.renew_every, attempt(&api, &config)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                tracing::warn!(lease = %config.name, error = %e, "lease renewal failed; not writing until it succeeds");
+                tracing::warn!(lease = %config.name, error = %e.chain(), "lease renewal failed; not writing until it succeeds");
                 (false, None)
             }
             Err(_) => {
@@ -139,15 +263,10 @@ pub async fn run(
                 (false, None)
             }
         };
-        leader.send_if_modified(|was| {
-            if *was != held {
-                tracing::info!(lease = %config.name, identity = %config.identity, leader = held, "leadership changed");
-                *was = held;
-                true
-            } else {
-                false
-            }
-        });
+        let claim = held.then(|| Claim { expires: started + config.claim_validity() });
+        if publish_claim(&leader, claim, Instant::now()) {
+            tracing::info!(lease = %config.name, identity = %config.identity, leader = held, "leadership changed");
+        }
         // A standby retries right when the holder's claim expires, not up to a period later.
         let wait = expires
             .and_then(|e| Duration::try_from(e.duration_since(Timestamp::now())).ok())
@@ -157,10 +276,10 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-    let was_leader = *leader.borrow();
-    leader.send_replace(false);
+    let was_leader = leader.borrow().is_some_and(|c| c.valid_at(Instant::now()));
+    leader.send_replace(None);
     if was_leader && let Err(e) = release(&api, &config).await {
-        tracing::warn!(lease = %config.name, error = %e, "releasing the lease failed; it expires on its own");
+        tracing::warn!(lease = %config.name, error = %e.chain(), "releasing the lease failed; it expires on its own");
     }
 }
 
@@ -223,6 +342,47 @@ mod tests {
             lease_duration_seconds: secs,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_timing_rule_is_renew_twice_below_duration() {
+        let with = |duration, renew| LeaseConfig {
+            duration: Duration::from_secs(duration),
+            renew_every: Duration::from_secs(renew),
+            ..LeaseConfig::new("ns", "lease", "pod-0")
+        };
+        assert_eq!(with(15, 2).validate(), Ok(()));
+        assert_eq!(with(5, 2).validate(), Ok(()));
+        for (d, r) in [(4, 2), (15, 8), (15, 0), (0, 0), (1, 1)] {
+            let err = with(d, r).validate().unwrap_err();
+            assert!(matches!(err, LeaseConfigError::Timing { .. }), "{d}/{r}: {err}");
+        }
+        assert_eq!(with(15, 2).claim_validity(), Duration::from_secs(13));
+        let empty = LeaseConfig { identity: String::new(), ..with(15, 2) };
+        assert_eq!(empty.validate(), Err(LeaseConfigError::Empty { field: "identity" }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_runs_out_without_renewal_and_wakes_writers_only_on_changes() {
+        let (tx, mut leadership) = Leadership::channel(None);
+        assert!(!leadership.holds_and_update());
+        let now = Instant::now();
+        let claim = |secs| Some(Claim { expires: now + Duration::from_secs(secs) });
+        assert!(publish_claim(&tx, claim(10), now), "gained");
+        assert!(leadership.holds_and_update());
+        // A renewal extends the claim quietly.
+        assert!(!publish_claim(&tx, claim(12), now + Duration::from_secs(2)));
+        assert!(!leadership.0.has_changed().unwrap());
+        // Nobody renews: the claim runs out by itself, with no message.
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert!(!leadership.holds());
+        // A failed round after that is no change; a renewal after the lapse is a new term.
+        assert!(!publish_claim(&tx, None, Instant::now()));
+        assert!(publish_claim(&tx, Some(Claim { expires: Instant::now() + Duration::from_secs(5) }), Instant::now()));
+        assert!(leadership.holds_and_update());
+        assert!(publish_claim(&tx, None, Instant::now()), "lost");
+        assert!(!leadership.holds());
+        assert!(Claim::unlimited().valid_at(Instant::now() + Duration::from_secs(3600 * 24 * 365)));
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Duration of one publish tick (TIME + pipelines) in seconds.
     pub publish_duration: Histogram,
-    /// Failed publish ticks.
+    /// Failed publishes of a service's states (one per service and attempt).
     pub publish_errors: Counter,
     /// Pods currently published, by routing state.
     pub published_pods: Family<RoutingLabels, Gauge>,
@@ -182,7 +182,11 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             publish_duration.clone(),
         );
-        registry.register("redis_publish_errors", "Failed Redis publish ticks", publish_errors.clone());
+        registry.register(
+            "redis_publish_errors",
+            "Failed publishes of a service's states to Redis (one per service and attempt)",
+            publish_errors.clone(),
+        );
         registry.register("published_pods", "Pods currently published, by routing state", published_pods.clone());
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
         registry.register("redis_up", "1 while the last Redis operation succeeded", redis_up.clone());

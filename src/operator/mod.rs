@@ -4,12 +4,7 @@
 //! Entry points: [`Operator::start`] (in-process, with a shutdown handle, used by the tests and
 //! by [`run`]) and [`run`] (until SIGTERM/SIGINT).
 //!
-//! RBAC of the operator's ServiceAccount:
-//! - `routestate.dev` `routestates`: get, list, watch, patch, update; `routestates/status`: patch;
-//!   `routestates/finalizers`: update
-//! - `apps` `statefulsets`: get, list, watch; core `pods`: get, list, watch
-//! - `events.k8s.io` `events`: create, patch
-//! - `coordination.k8s.io` `leases`: get, create, update (in the lease namespace)
+//! Its Kubernetes permissions are listed once, in [`rbac`].
 
 pub mod controller;
 pub mod crd;
@@ -19,10 +14,10 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod publisher;
+pub mod rbac;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     Api, Client,
     api::ListParams,
@@ -33,9 +28,11 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
+use crate::core::ErrorChain;
+
 pub use crd::{PodOverride, PodSummary, RouteState, RouteStateSpec, RouteStateStatus, RoutingStateName};
 pub use error::{Error, Result};
-pub use leader::LeaseConfig;
+pub use leader::{Claim, Leadership, LeaseConfig, LeaseConfigError};
 pub use metrics::Metrics;
 
 use crate::store::{self, RedisOptions};
@@ -61,9 +58,25 @@ pub struct OperatorConfig {
 pub struct Operator {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     metrics: Arc<Metrics>,
     http_addr: Option<SocketAddr>,
+}
+
+/// The API handles of the watched objects: one namespace, or all.
+fn apis(client: &Client, namespace: Option<&str>) -> controller::Watches {
+    match namespace {
+        Some(ns) => controller::Watches {
+            routestates: Api::namespaced(client.clone(), ns),
+            pods: Api::namespaced(client.clone(), ns),
+            statefulsets: Api::namespaced(client.clone(), ns),
+        },
+        None => controller::Watches {
+            routestates: Api::all(client.clone()),
+            pods: Api::all(client.clone()),
+            statefulsets: Api::all(client.clone()),
+        },
+    }
 }
 
 impl Operator {
@@ -71,18 +84,10 @@ impl Operator {
     /// the election, the controller and the publisher.
     pub async fn start(config: OperatorConfig) -> Result<Operator> {
         let store = store::Store::connect(&config.redis).await?;
-        let routestates: Api<RouteState> = match &config.namespace {
-            Some(ns) => Api::namespaced(config.client.clone(), ns),
-            None => Api::all(config.client.clone()),
-        };
-        routestates.list(&ListParams::default().limit(1)).await.map_err(|e| Error::Kube {
-            op: "listing RouteStates (is the CRD installed? `routestate crd | kubectl apply -f -`)".into(),
-            source: e,
-        })?;
-        let (pods, statefulsets): (Api<Pod>, Api<StatefulSet>) = match &config.namespace {
-            Some(ns) => (Api::namespaced(config.client.clone(), ns), Api::namespaced(config.client.clone(), ns)),
-            None => (Api::all(config.client.clone()), Api::all(config.client.clone())),
-        };
+        let watches = apis(&config.client, config.namespace.as_deref());
+        watches.routestates.list(&ListParams::default().limit(1)).await.map_err(Error::kube(
+            "listing RouteStates (is the CRD installed? `routestate crd | kubectl apply -f -`)",
+        ))?;
         let listener = match config.http_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -95,8 +100,8 @@ impl Operator {
 
         let metrics = Arc::new(Metrics::default());
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let (lease_stop_tx, lease_stop) = watch::channel(false);
-        let (leader_tx, leader) = watch::channel(config.lease.is_none());
+        // A single replica (no election) holds an unlimited claim from the start.
+        let (claims, leader) = Leadership::channel(config.lease.is_none().then(leader::Claim::unlimited));
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let publisher = Arc::new(publisher::Publisher::new(store, leader.clone(), metrics.clone(), sync_tx));
         let recorder = Recorder::new(
@@ -104,83 +109,38 @@ impl Operator {
             Reporter { controller: controller::FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },
         );
         let built = controller::build(
-            controller::Watches { routestates, pods, statefulsets },
-            config.client.clone(),
-            recorder,
-            publisher.clone(),
-            leader.clone(),
-            metrics.clone(),
+            watches,
+            controller::Shared {
+                client: config.client.clone(),
+                recorder,
+                publisher: publisher.clone(),
+                leader: leader.clone(),
+                metrics: metrics.clone(),
+            },
             sync_rx,
             shutdown.clone(),
         );
-        let synced = built.synced.clone();
 
         let mut work = JoinSet::new();
         work.spawn(built.future);
         work.spawn(publisher.clone().run(shutdown.clone()));
-        if let Some(listener) = listener {
-            let app = http::router(http::HttpState { metrics: metrics.clone(), publisher: publisher.clone(), synced });
-            let mut stop = shutdown.clone();
-            work.spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            });
-        }
-        let mut lease_task = JoinSet::new();
-        match config.lease.clone() {
-            Some(lease) => {
-                lease_task.spawn(leader::run(config.client.clone(), lease, leader_tx, lease_stop));
-            }
-            None => {
-                metrics.leader.set(1);
-                lease_task.spawn(async move {
-                    let mut lease_stop = lease_stop;
-                    let _ = lease_stop.wait_for(|s| *s).await;
-                    leader_tx.send_replace(false);
-                });
-            }
-        }
-
-        let mut stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let _ = stop.wait_for(|s| *s).await;
-            // Controller and publisher finish their in-flight work, then the lease is released.
-            let mut work = work;
-            let drain = async {
-                // The readiness task never ends on its own.
-                while let Some(r) =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), work.join_next()).await.ok().flatten()
-                {
-                    if let Err(e) = r
-                        && e.is_panic()
-                    {
-                        tracing::error!(error = %e, "operator task panicked");
-                    }
-                    if work.len() == 1 {
-                        break;
-                    }
-                }
-            };
-            drain.await;
-            work.abort_all();
-            let _ = lease_stop_tx.send(true);
-            while lease_task.join_next().await.is_some() {}
-            Ok(())
+        let http = listener.map(|listener| {
+            let state =
+                http::HttpState { metrics: metrics.clone(), publisher: publisher.clone(), synced: built.synced };
+            tokio::spawn(serve_http(listener, state, shutdown.clone()))
         });
+        let election = elect(config.client.clone(), config.lease.clone(), claims, &metrics);
+        let task = tokio::spawn(supervise(work, http, election, shutdown.clone()));
         Ok(Operator { shutdown: shutdown_tx, task, leader, metrics, http_addr })
     }
 
     /// Whether this replica currently holds the lease (writes Redis and status).
     pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.holds()
     }
 
-    /// Leadership changes.
-    pub fn leader(&self) -> watch::Receiver<bool> {
+    /// This replica's leadership, as its writers check it.
+    pub fn leader(&self) -> Leadership {
         self.leader.clone()
     }
 
@@ -205,6 +165,69 @@ impl Operator {
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
+async fn serve_http(listener: tokio::net::TcpListener, state: http::HttpState, mut shutdown: watch::Receiver<bool>) {
+    let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    });
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e.chain(), "HTTP server failed");
+    }
+}
+
+/// The election: the lease loop with a lease, else an unlimited claim withdrawn at the end.
+/// Stopped (and the lease released) by the returned sender, after the other work has drained.
+fn elect(
+    client: Client,
+    lease: Option<LeaseConfig>,
+    claims: watch::Sender<Option<leader::Claim>>,
+    metrics: &Metrics,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop_tx, mut stop) = watch::channel(false);
+    let task = match lease {
+        Some(lease) => tokio::spawn(leader::run(client, lease, claims, stop)),
+        None => {
+            metrics.leader.set(1);
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                claims.send_replace(None);
+            })
+        }
+    };
+    (stop_tx, task)
+}
+
+/// Waits for `shutdown`, lets the controller and the publisher finish their in-flight work
+/// (at most 10 s), then stops the HTTP server and the election, which releases the lease.
+async fn supervise(
+    mut work: JoinSet<()>,
+    http: Option<JoinHandle<()>>,
+    (stop_election, election): (watch::Sender<bool>, JoinHandle<()>),
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let _ = shutdown.wait_for(|s| *s).await;
+    let drain = async {
+        while let Some(r) = work.join_next().await {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!(error = %e.chain(), "operator task panicked");
+            }
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("the controller or the publisher did not stop within 10 s; aborting them");
+    }
+    work.abort_all();
+    // An idle keep-alive connection must not hold the shutdown up.
+    if let Some(http) = http {
+        http.abort();
+    }
+    let _ = stop_election.send(true);
+    let _ = election.await;
+    Ok(())
 }
 
 /// Runs the operator until SIGTERM or SIGINT, then shuts it down gracefully.

@@ -3,13 +3,14 @@
 //! service one atomic script that applies the floors, writes the states stamped with Redis time,
 //! rebuilds the candidate index and the meta hash; then the workload aggregate).
 //!
-//! Only the lease holder writes: the leader flag is checked right before every write.
+//! Only the lease holder writes: its claim is checked against the clock right before every write.
 //!
 //! Every second (whatever the periods) it also checks that Redis still holds the dataset it
 //! published ([`DatasetWatch`]: the services' epoch keys): when Redis came back empty or as
 //! another dataset, every service is republished at once, the loss is counted
 //! (`routestate_redis_data_loss_total`) and each RouteState gets a Warning Event.
 
+use crate::core::ErrorChain;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -26,6 +27,7 @@ use super::{
     crd::RouteState,
     derive::SyncState,
     error::{Error, Result},
+    leader::Leadership,
     metrics::Metrics,
 };
 use crate::{
@@ -64,7 +66,7 @@ pub struct Publisher {
     /// Serialises Redis writes: a tick and a finalizer's delete never interleave.
     writes: tokio::sync::Mutex<()>,
     wake: Notify,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     metrics: Arc<Metrics>,
     sync_changed: mpsc::UnboundedSender<ObjectRef<RouteState>>,
     routestates: std::sync::OnceLock<kube::runtime::reflector::Store<RouteState>>,
@@ -73,11 +75,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher writing through `store` while `leader` is true; sync-state changes are sent
+    /// A publisher writing through `store` while this replica holds `leader`; sync-state changes are sent
     /// to `sync_changed` (the controller re-reconciles those RouteStates to update their status).
     pub fn new(
         store: Store,
-        leader: watch::Receiver<bool>,
+        leader: Leadership,
         metrics: Arc<Metrics>,
         sync_changed: mpsc::UnboundedSender<ObjectRef<RouteState>>,
     ) -> Self {
@@ -117,7 +119,13 @@ impl Publisher {
     }
 
     fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.holds()
+    }
+
+    /// The plan held for a RouteState.
+    #[cfg(test)]
+    pub(crate) fn plan(&self, key: &ObjectRef<RouteState>) -> Option<ServicePlan> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).map(|e| e.plan.clone())
     }
 
     /// Sets the plan of a RouteState; a changed plan is published at once.
@@ -242,11 +250,13 @@ impl Publisher {
         // Every observed leadership change starts a term (a coalesced lose-and-regain too):
         // if leading, publish everything now.
         let mut term_changed = true;
+        let mut was_leader = false;
         let mut datasets = tokio::time::interval(DATASET_CHECK_EVERY);
         datasets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let is_leader = *leader.borrow_and_update();
-            if term_changed {
+            // A claim that ran out without a message also ends the term.
+            let is_leader = leader.holds_and_update();
+            if term_changed || is_leader != was_leader {
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 for e in entries.values_mut() {
                     e.dirty = is_leader;
@@ -255,6 +265,7 @@ impl Publisher {
                 drop(entries);
                 self.metrics.set_leader(is_leader);
                 term_changed = false;
+                was_leader = is_leader;
             }
             if is_leader {
                 self.tick().await;
@@ -315,7 +326,7 @@ impl Publisher {
         tracing::debug!(services = due.len(), orphans = orphans.len(), "publishing");
         for (ns, svc) in orphans {
             if let Err(e) = self.store.remove_service(&ns, &svc).await {
-                tracing::warn!(service = %format!("{ns}/{svc}"), error = %e, "deleting the keys of a renamed service failed");
+                tracing::warn!(service = %format!("{ns}/{svc}"), error = %e.chain(), "deleting the keys of a renamed service failed");
             }
         }
         let plans: Vec<ServicePlan> = due.iter().map(|(_, p)| p.clone()).collect();
@@ -347,7 +358,7 @@ impl Publisher {
         let changes = match self.store.check_datasets(&mut only).await {
             Ok(changes) => changes,
             // Redis is failing: the publishes report it; look again next time.
-            Err(e) => return tracing::debug!(error = %e, "checking the Redis datasets failed"),
+            Err(e) => return tracing::debug!(error = %e.chain(), "checking the Redis datasets failed"),
         };
         tracing::trace!(?changes, "datasets checked");
         for ((_, w), checked) in watches.iter_mut().zip(only) {
@@ -414,10 +425,15 @@ impl Publisher {
                 Err(err) => {
                     self.note_redis(false);
                     self.metrics.publish_errors.inc();
-                    tracing::warn!(routestate = %key, error = %err, "publishing to Redis failed");
+                    tracing::warn!(routestate = %key, error = %err.chain(), "publishing to Redis failed");
                     e.dirty = false;
                     e.next_due = now + RETRY_AFTER;
-                    SyncState::Failed(format!("publishing service {}/{}: {err}", plan.namespace, plan.service))
+                    SyncState::Failed(format!(
+                        "publishing service {}/{}: {}",
+                        plan.namespace,
+                        plan.service,
+                        err.chain()
+                    ))
                 }
             };
             if e.sync != sync {

@@ -3,6 +3,7 @@
 //! namespace, written with the configured [`Durability`]), re-asserting those links when Redis
 //! lost its data, and start / graceful stop.
 
+use crate::core::ErrorChain;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -199,7 +200,7 @@ impl<T: StateTransport> ServerDriver<T> {
         }
         // Learn the dataset now, so a loss within the first period is noticed too.
         if let Err(e) = check_dataset(&self.inner).await {
-            tracing::debug!(ns = self.inner.config.namespace, error = %e, "checking the Redis dataset failed; next period");
+            tracing::debug!(ns = self.inner.config.namespace, error = %e.chain(), "checking the Redis dataset failed; next period");
         }
         tracing::info!(
             ns = self.inner.config.namespace,
@@ -257,7 +258,7 @@ impl<T: StateTransport> ServerDriver<T> {
     pub async fn stop(&self, cancel: &CancellationToken) -> Result<StopOutcome, ServerError> {
         let cfg = &self.inner.config;
         if let Err(e) = self.set_routing_state(RoutingState::DenyNewCall).await {
-            tracing::error!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, error = %e, "publishing DENY_NEW_CALL failed");
+            tracing::error!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, error = %e.chain(), "publishing DENY_NEW_CALL failed");
         }
         let window = cfg.drain_window();
         tracing::info!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, ?window, "draining");
@@ -386,7 +387,7 @@ async fn reassert<T: StateTransport>(inner: &Inner<T>, links: &[OwnedLink]) -> R
             Ok(pod) => report.taken.push((l.uid.clone(), l.svc.clone(), pod)),
             Err(e) => {
                 report.failed += 1;
-                tracing::warn!(ns = cfg.namespace, uid = l.uid, svc = l.svc, error = %e, "re-asserting a persistent link failed");
+                tracing::warn!(ns = cfg.namespace, uid = l.uid, svc = l.svc, error = %e.chain(), "re-asserting a persistent link failed");
             }
         }
     }
@@ -432,7 +433,7 @@ async fn publish<T: StateTransport>(inner: &Inner<T>, report: ServerReport) -> R
     *inner.dirty.lock().unwrap_or_else(|e| e.into_inner()) = result.is_err();
     if let Err(e) = &result {
         let cfg = &inner.config;
-        tracing::warn!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, error = %e, "publishing the pod state failed; retrying every period");
+        tracing::warn!(ns = cfg.namespace, svc = cfg.service, pod = cfg.pod_index, error = %e.chain(), "publishing the pod state failed; retrying every period");
     }
     Ok(result?)
 }
@@ -447,7 +448,7 @@ async fn retry_loop<T: StateTransport>(inner: Arc<Inner<T>>) {
             _ = ticker.tick() => {}
         }
         if let Err(e) = check_dataset(&inner).await {
-            tracing::debug!(ns = inner.config.namespace, svc = inner.config.service, error = %e, "checking the Redis dataset failed; next period");
+            tracing::debug!(ns = inner.config.namespace, svc = inner.config.service, error = %e.chain(), "checking the Redis dataset failed; next period");
         }
         if !*inner.dirty.lock().unwrap_or_else(|e| e.into_inner()) {
             continue;

@@ -93,7 +93,9 @@ mod tests {
         );
         assert!(!rules.iter().any(|r| r == "+eval" || r == "+@all"), "no EVAL of arbitrary scripts: {rules:?}");
         assert_eq!(pod_user_rules("a*b", ">x").unwrap().last().unwrap(), "%RW~sf:{a\\*b:lk:*");
-        assert!(pod_user_rules("a:b", ">x").unwrap_err().to_string().contains("\"a:b\""));
+        assert!(
+            crate::core::ErrorChain::chain(&pod_user_rules("a:b", ">x").unwrap_err()).to_string().contains("\"a:b\"")
+        );
         assert_eq!(pod_user_name("apps"), "routestate-pods-apps");
     }
 }

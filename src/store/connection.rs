@@ -2,18 +2,6 @@
 //! Cluster (through the redis crate's async cluster client) or the master of a Sentinel-monitored
 //! Redis (through [`SentinelConnection`], which follows failovers), plain `redis://` or TLS
 //! `rediss://` with an optional private CA, an optional password and per-operation timeouts.
-//!
-//! Final signatures (others depend on them):
-//! ```text
-//! pub struct RedisOptions { urls: Vec<String>, cluster: bool, password: Option<String>,
-//!                           ca_file: Option<PathBuf>, op_timeout: Duration,
-//!                           sentinel: Option<SentinelOptions> }
-//! #[derive(Clone)] pub enum RedisConn { Single(ConnectionManager), Cluster(ClusterConnection),
-//!                                       Sentinel(SentinelConnection) }
-//! impl redis::aio::ConnectionLike for RedisConn
-//! pub async fn connect(opts: &RedisOptions) -> Result<RedisConn, StoreError>;
-//! pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError>;
-//! ```
 
 use std::{fmt, path::PathBuf, time::Duration};
 
@@ -343,5 +331,5 @@ pub async fn server_time_ms(conn: &mut RedisConn) -> Result<u64, StoreError> {
         .query_async(conn)
         .await
         .map_err(|source| StoreError::Redis { op: "TIME", key: "-".into(), source })?;
-    Ok(secs * 1000 + micros / 1000)
+    Ok(crate::core::redis_time_ms(secs, micros))
 }

@@ -9,7 +9,7 @@ use crate::core::KeyError;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A Redis URL could not be parsed (the URL is shown redacted).
-    #[error("invalid Redis URL {url}: {source}")]
+    #[error("invalid Redis URL {url}")]
     InvalidUrl {
         url: String,
         #[source]
@@ -19,14 +19,14 @@ pub enum StoreError {
     #[error("no Redis URL given")]
     NoUrl,
     /// The CA file for `rediss://` could not be read.
-    #[error("reading the Redis CA file {}: {source}", path.display())]
+    #[error("reading the Redis CA file {}", path.display())]
     CaFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// Establishing the connection failed.
-    #[error("connecting to Redis at {url}: {source}")]
+    #[error("connecting to Redis at {url}")]
     Connect {
         url: String,
         #[source]
@@ -36,7 +36,7 @@ pub enum StoreError {
     #[error("connecting to Redis at {url} timed out after {timeout:?}")]
     ConnectTimeout { url: String, timeout: Duration },
     /// A command or script failed on the server or the connection.
-    #[error("{op} on {key}: {source}")]
+    #[error("{op} on {key}")]
     Redis {
         op: &'static str,
         key: String,
@@ -47,7 +47,7 @@ pub enum StoreError {
     #[error("{op} on {key} timed out after {timeout:?}")]
     Timeout { op: &'static str, key: String, timeout: Duration },
     /// A key could not be built from its parts.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Key {
         op: &'static str,
         #[source]
@@ -78,16 +78,7 @@ impl StoreError {
     }
 
     pub(crate) fn reply(op: &'static str, key: &str, reply: impl std::fmt::Debug) -> StoreError {
-        let mut reply = format!("{reply:?}");
-        if reply.len() > 200 {
-            let mut end = 200;
-            while !reply.is_char_boundary(end) {
-                end -= 1;
-            }
-            reply.truncate(end);
-            reply.push('…');
-        }
-        StoreError::Reply { op, key: key.to_owned(), reply }
+        StoreError::Reply { op, key: key.to_owned(), reply: crate::core::pod_state::truncate(&format!("{reply:?}")) }
     }
 
     /// Whether a replicated link write ran on the master without enough replicas confirming it.
@@ -98,11 +89,11 @@ impl StoreError {
     /// What went wrong, without the operation and the key (for [`StoreError::Shared`]).
     pub fn cause(&self) -> String {
         match self {
-            StoreError::Redis { source, .. } => source.to_string(),
+            StoreError::Redis { source, .. } => crate::core::ErrorChain::chain(source).to_string(),
             StoreError::Timeout { timeout, .. } => format!("timed out after {timeout:?}"),
             StoreError::Shared { cause, .. } => cause.clone(),
             StoreError::Reply { reply, .. } => format!("unexpected reply {reply}"),
-            other => other.to_string(),
+            other => crate::core::ErrorChain::chain(other).to_string(),
         }
     }
 

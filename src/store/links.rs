@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind};
 
 use super::{IntoStoreError, Store, StoreError, scripts};
-use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, selection::parse_field};
+use crate::core::{Keys, TEMP_LINK_TTL_SECS, keys::hash_slot, pod_index::parse_index};
 use futures::future::try_join_all;
 
 /// The wire value of a persistent TTL (and of "no link" in script replies).
@@ -125,7 +125,7 @@ pub(crate) fn wire_pod(op: &'static str, key: &str, v: i64) -> Result<Option<u32
 
 /// Parses a stored link value: a canonical decimal pod index.
 fn stored_pod(op: &'static str, key: &str, v: &str) -> Result<u32, StoreError> {
-    parse_field(v).ok_or_else(|| StoreError::reply(op, key, v))
+    parse_index(v).ok_or_else(|| StoreError::reply(op, key, v))
 }
 
 pub(crate) struct LinkKeys {
@@ -330,7 +330,7 @@ impl Store {
             self.timed(OP, &key, redis::cmd("HGETALL").arg(&key).query_async(&mut conn)).await?;
         let mut out = BTreeMap::new();
         for (svc, pod) in entries.into_iter().map(|(s, p)| (super::lossy(s), super::lossy(p))) {
-            match parse_field(&pod) {
+            match parse_index(&pod) {
                 Some(pod) => {
                     out.insert(svc, pod);
                 }
@@ -374,7 +374,7 @@ impl Store {
         let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for (uid, key, value) in replies.into_iter().flatten() {
             let Some(value) = value else { continue };
-            match parse_field(&value) {
+            match parse_index(&value) {
                 Some(pod) => out.entry(pod).or_default().push(uid.to_owned()),
                 None => {
                     tracing::warn!(key, value = %crate::core::pod_state::truncate(&value), "skipping a link that is not a pod index")

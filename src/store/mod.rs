@@ -89,7 +89,6 @@ impl Store {
     }
 }
 
-/// Errors an operation inside [`Store::timed`] may produce.
 /// Decodes a stored value as text. Values are read as bytes and decoded leniently: a value that
 /// is not UTF-8 (another writer's garbage) becomes text that fails to parse and is skipped with a
 /// warning like any other garbage, instead of failing the whole read.
@@ -97,6 +96,7 @@ pub(crate) fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Errors an operation inside [`Store::timed`] may produce.
 pub(crate) trait IntoStoreError {
     fn into_store_error(self, op: &'static str, key: &str, timeout: Duration) -> StoreError;
 }

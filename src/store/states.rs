@@ -9,7 +9,7 @@
 
 use super::{Store, StoreError};
 use crate::core::{
-    Keys, PodState, SelectionPolicy, ServiceSnapshot, Workload, selection::parse_field, staleness_window_ms,
+    Keys, PodState, SelectionPolicy, ServiceSnapshot, Workload, pod_index::parse_index, staleness_window_ms,
 };
 
 /// The meta hash field holding the service's publish period in seconds.
@@ -18,7 +18,7 @@ pub const UPDATE_PERIOD_FIELD: &str = "updatePeriodSeconds";
 /// Parses `updatePeriodSeconds`: a canonical decimal u32 > 0 (anything else is ignored, as the
 /// Lua reader ignores it).
 pub fn parse_update_period(value: &str) -> Option<u32> {
-    parse_field(value).filter(|&p| p > 0)
+    parse_index(value).filter(|&p| p > 0)
 }
 
 /// One service's raw states, its published period and the Redis time, read in one round trip.
@@ -77,7 +77,7 @@ impl Store {
             }
             parsed
         });
-        Ok(ServiceStates { entries, update_period_secs, now_ms: secs * 1000 + micros / 1000 })
+        Ok(ServiceStates { entries, update_period_secs, now_ms: crate::core::redis_time_ms(secs, micros) })
     }
 
     /// Writes one pod's state (`HSET`).
@@ -137,7 +137,10 @@ impl Store {
         let mut conn = self.conn.clone();
         let v: Option<Vec<u8>> = self.timed(OP, &key, redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
         v.map(super::lossy)
-            .map(|v| Workload::parse(&v).map_err(|e| StoreError::reply(OP, &key, e.to_string())))
+            .map(|v| {
+                Workload::parse(&v)
+                    .map_err(|e| StoreError::reply(OP, &key, crate::core::ErrorChain::chain(&e).to_string()))
+            })
             .transpose()
     }
 }

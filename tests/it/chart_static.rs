@@ -37,7 +37,7 @@ fn kinds(docs: &[Value]) -> Vec<String> {
 }
 
 /// (apiGroup, resource, sorted verbs) of every rule, for exact comparison.
-fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
+pub fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
     for r in role["rules"].as_sequence().expect("rules") {
         let verbs = {
@@ -56,20 +56,16 @@ fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
     out
 }
 
-fn expected_operator_rules() -> Vec<(String, String, Vec<String>)> {
-    let r = |g: &str, res: &str, verbs: &[&str]| {
-        let mut v: Vec<String> = verbs.iter().map(|s| s.to_string()).collect();
-        v.sort();
-        (g.to_owned(), res.to_owned(), v)
-    };
-    let mut all = vec![
-        r("routestate.dev", "routestates", &["get", "list", "watch", "patch"]),
-        r("routestate.dev", "routestates/status", &["patch"]),
-        r("routestate.dev", "routestates/finalizers", &["update"]),
-        r("apps", "statefulsets", &["get", "list", "watch"]),
-        r("", "pods", &["get", "list", "watch"]),
-        r("events.k8s.io", "events", &["create", "patch"]),
-    ];
+/// The operator's rules as `routestate::operator::rbac` lists them (one home for RBAC).
+pub fn expected(list: &[routestate::operator::rbac::Rule]) -> Vec<(String, String, Vec<String>)> {
+    let mut all: Vec<_> = list
+        .iter()
+        .map(|r| {
+            let mut v: Vec<String> = r.verbs.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            (r.group.to_owned(), r.resource.to_owned(), v)
+        })
+        .collect();
     all.sort();
     all
 }
@@ -219,16 +215,10 @@ async fn rendered_deployment_is_hardened_and_rbac_is_exact() {
 
     // The operator's rules, nothing more; no Secrets anywhere; Leases only in the release namespace.
     let cr = find(&docs, "ClusterRole", "rel-routestate").unwrap();
-    assert_eq!(rules(cr), expected_operator_rules());
+    assert_eq!(rules(cr), expected(routestate::operator::rbac::RULES));
     let lease = find(&docs, "Role", "-leader-election").unwrap();
     assert_eq!(lease["metadata"]["namespace"].as_str(), Some("ops"));
-    assert_eq!(
-        rules(lease),
-        [
-            ("coordination.k8s.io".to_owned(), "leases".to_owned(), vec!["create".to_owned()]),
-            ("coordination.k8s.io".to_owned(), "leases".to_owned(), vec!["get".to_owned(), "update".to_owned()]),
-        ]
-    );
+    assert_eq!(rules(lease), expected(routestate::operator::rbac::LEASE_RULES));
     let all = serde_yaml::to_string(&docs).unwrap();
     assert!(!all.contains("secrets"), "no rule may name Secrets");
 
@@ -241,7 +231,7 @@ async fn rendered_deployment_is_hardened_and_rbac_is_exact() {
         .find(|d| d["kind"].as_str() == Some("Role") && d["metadata"]["name"].as_str() == Some("rel-routestate"))
         .unwrap();
     assert_eq!(role["metadata"]["namespace"].as_str(), Some("apps"));
-    assert_eq!(rules(role), expected_operator_rules());
+    assert_eq!(rules(role), expected(routestate::operator::rbac::RULES));
     let dep = find(&docs, "Deployment", "rel-routestate").unwrap();
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     let args = serde_yaml::to_string(&c["args"]).unwrap();

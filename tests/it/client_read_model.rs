@@ -1,6 +1,7 @@
 //! The read model against real Redis: classification by the Redis clock, best pod, background
 //! refresh and routing-change notifications, garbage tolerance.
 
+use routestate::core::ErrorChain;
 use std::time::Duration;
 
 use routestate::{
@@ -173,7 +174,7 @@ async fn workload_readiness_uses_the_service_window(store: Store) {
         .query_async(&mut store.conn())
         .await
         .unwrap();
-    let err = rm.is_workload_ready(&ns, SVC).await.unwrap_err().to_string();
+    let err = rm.is_workload_ready(&ns, SVC).await.unwrap_err().chain().to_string();
     assert!(err.contains("get_workload") && err.contains(&Keys::workload(&ns, SVC).unwrap()), "{err}");
 }
 

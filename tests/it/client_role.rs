@@ -1,6 +1,7 @@
 //! The client role against real Redis: compute_linked_pod (cache, fallbacks, single-flight),
 //! pick_and_link, link reads.
 
+use routestate::core::ErrorChain;
 use std::{sync::Arc, time::Duration};
 
 use routestate::{
@@ -132,6 +133,6 @@ crate::both!(
 async fn bad_configuration_is_named() {
     let store = crate::support::store::standalone().await;
     let config = ClientConfig { link_cache_ttl: Duration::from_secs(400), ..ClientConfig::default() };
-    let err = Client::new(store, config).unwrap_err().to_string();
+    let err = Client::new(store, config).unwrap_err().chain().to_string();
     assert!(err.contains("link_cache_ttl"), "{err}");
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod chart_install;
 mod chart_rbac;
+mod chart_rules;
 mod chart_static;
 mod cli_plugin;
 mod client_read_model;

@@ -47,6 +47,7 @@ async fn release(pods: &Api<Pod>, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_publishes_and_follows_the_pod_lifecycle() {
+    let mut steps = support::Steps::default();
     let client = support::kube_client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "op-core").await;
@@ -64,6 +65,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     .unwrap();
     rs_api.create(&PostParams::default(), &rs).await.unwrap();
 
+    steps.enter("publish: 3 READY fields with fresh timestamps and the period");
     // 3 READY fields with fresh timestamps, the period in the meta hash.
     let window_ms = 3 * PERIOD_SECS * 1000;
     let first = support::wait_for("3 READY fields", TIMEOUT, || {
@@ -88,6 +90,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         .await
         .unwrap();
     assert_eq!(meta, PERIOD_SECS.to_string());
+    steps.enter("heartbeats advance the timestamps");
     // Heartbeats: timestamps advance without any change.
     support::wait_for("a heartbeat", Duration::from_secs(3 * PERIOD_SECS), || {
         let mut redis = redis.clone();
@@ -100,6 +103,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
 
+    steps.enter("status: Ready 3/3, leader web-0");
     // Status: Ready, 3/3, leader web-0; the workload aggregate on behalf of web-0.
     support::wait_for("status Ready 3/3", TIMEOUT, || async {
         let rs = rs_api.get("web").await.map_err(|e| e.to_string())?;
@@ -112,6 +116,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         }
     })
     .await;
+    steps.enter("no churn: heartbeats leave the RouteState untouched; the workload aggregate");
     // No churn: two more heartbeats leave the RouteState (status included) untouched.
     let rv = rs_api.get("web").await.unwrap().metadata.resource_version;
     let mut seen = states(&mut redis, &ns.name, "web").await[&0].updated_at_ms;
@@ -135,6 +140,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     let workload = Workload::parse(&workload).unwrap();
     assert_eq!((workload.state, workload.leader.as_str(), workload.replicas), (WorkloadState::Ready, "web-0", 3));
 
+    steps.enter("kubectl get routestates prints the columns");
     // kubectl get routestates prints the columns.
     let out = std::process::Command::new("kubectl")
         .args(["get", "routestates", "-n", &ns.name])
@@ -151,6 +157,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     let row: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
     assert_eq!(&row[..8], ["web", "web", "Ready", "3/3", "3", "0", "Ready", "web-0"], "{text}");
 
+    steps.enter("override: pods[1] DenyNewCall reaches Redis");
     // pods[1].routingState: DenyNewCall reaches Redis (the deadline is a liveness bound; the
     // latency itself is a benchmark figure, `make bench`, and only printed here).
     let patch = serde_json::json!({"spec": {"pods": [{"index": 1, "routingState": "DenyNewCall"}]}});
@@ -160,6 +167,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         .await;
     eprintln!("MEASURED: spec patch -> Redis latency {:?}", started.elapsed());
 
+    steps.enter("load annotations change the weighted load");
     // Load annotations change the weighted value: 0.7 × 10 + 0.3 × 100 = 37.
     let patch = serde_json::json!({"metadata": {"annotations": {"routestate.dev/load": "100", "routestate.dev/waiting-tasks": "10"}}});
     pods.patch("web-2", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -173,6 +181,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
 
+    steps.enter("a malformed annotation is a Warning Event; publishing goes on");
     // A malformed annotation: a Warning Event naming the pod and value; publishing goes on.
     let patch = serde_json::json!({"metadata": {"annotations": {"routestate.dev/load": "lots"}}});
     pods.patch("web-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -203,6 +212,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
     assert!(states(&mut redis, &ns.name, "web").await.contains_key(&0));
+    steps.enter("no ReconcileFailed Event in a healthy life");
     // A healthy life so far: no reconcile failed (a finalizer patch racing the watch right
     // after creation is retried quietly, not reported to users).
     let failures: Vec<_> = events
@@ -216,6 +226,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         .collect();
     assert!(failures.is_empty(), "ReconcileFailed events: {failures:?}");
 
+    steps.enter("a terminating pod drains, READY again once recreated");
     // Deleting pod 2 (held in Terminating): DENY_NEW_CALL at once, READY again once recreated.
     let old_uid = pods.get("web-2").await.unwrap().metadata.uid;
     hold_and_delete(&pods, "web-2").await;
@@ -229,6 +240,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
         Duration::from_secs(10),
     )
     .await;
+    steps.enter("heartbeats go on while a pod terminates");
     // Still heartbeated while terminating.
     let t0 = states(&mut redis, &ns.name, "web").await[&2].updated_at_ms;
     support::wait_for("terminating pod 2 heartbeated", Duration::from_secs(3 * PERIOD_SECS), || {
@@ -260,6 +272,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
 
+    steps.enter("pod 0 terminating: LeaderAvailable False, then True");
     // Pod 0 terminating → LeaderAvailable False; recreated → True.
     hold_and_delete(&pods, "web-0").await;
     support::wait_for("LeaderAvailable False", Duration::from_secs(20), || async {
@@ -281,6 +294,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
 
+    steps.enter("scale down to 2 removes field 2");
     // Scale down to 2 → field 2 removed.
     let patch = serde_json::json!({"spec": {"replicas": 2}});
     sts_api.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -294,6 +308,7 @@ async fn operator_publishes_and_follows_the_pod_lifecycle() {
     })
     .await;
 
+    steps.enter("deleting the RouteState removes its keys and keeps links");
     // Deleting the RouteState removes its keys and leaves links alone.
     let link_hash = Keys::link_hash(&ns.name, "user-1").unwrap();
     let link = Keys::link(&ns.name, "user-1", "web").unwrap();

@@ -1,10 +1,11 @@
-//! Bad input (issue 6, item 5): what operator_crd and operator_core do not already cover.
+//! Bad input: what operator_crd and operator_core do not already cover.
 //! - more invalid RouteStates, rejected by the API server naming the field;
 //! - garbage pod annotations of every kind: a Warning Event each, reconcile goes on;
 //! - garbage and oversized values in the state hash, workload key and link keys: readers skip
 //!   or report them naming the key, nothing panics, nothing stored is changed by a reader;
 //! - CLI misuse: a clear message naming the bad input, exit code 2.
 
+use routestate::core::ErrorChain;
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod, events::v1::Event};
@@ -165,7 +166,7 @@ async fn garbage_in_redis(non_utf8: bool) {
     let best = client.best_pod(&ns, "svc").await.unwrap_or_else(|e| panic!("best_pod over garbage: {e}"));
     assert!(matches!(best, Some(1 | 2)), "{best:?}");
     // Workload: an error naming the key, no panic.
-    let err = store.get_workload(&ns, "svc").await.unwrap_err().to_string();
+    let err = store.get_workload(&ns, "svc").await.unwrap_err().chain().to_string();
     assert!(err.contains(&workload) && err.len() < 2000, "workload error: {err:.300}");
 
     // Link readers, each with one exact outcome per garbage link (every one of them exists, so

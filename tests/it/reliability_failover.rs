@@ -1,4 +1,4 @@
-//! Operator failover with real processes (issue 6, item 3): two `routestate run --leader-elect`
+//! Operator failover with real processes: two `routestate run --leader-elect`
 //! processes, the leader SIGKILLed (no lease release, no goodbye), the standby publishes before
 //! any pod's heartbeat gap exceeds the staleness window. operator_ha covers the same with
 //! in-process instances (task abort); this one kills a process and reports the largest gap.

@@ -1,4 +1,4 @@
-//! Link integrity under contention (issue 6, item 4): 32 concurrent clients, each with its own
+//! Link integrity under contention: 32 concurrent clients, each with its own
 //! connection and read model, over 10,000 uids, mixing `compute_linked_pod`, `pick_and_link`,
 //! `try_set_linked_pod` (temporary and persistent), `remove_linked_pod` and
 //! `remove_linked_pod_with_id` (both with and without delayed removal).

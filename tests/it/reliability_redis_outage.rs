@@ -1,4 +1,4 @@
-//! Redis outage (issue 6, item 1): a private `redis-server` is SIGKILLed while an in-process
+//! Redis outage: a private `redis-server` is SIGKILLed while an in-process
 //! operator serves 3 services. The operator stays up, says so (RedisSynced False with a reason,
 //! errors in /metrics, /readyz failing), and once Redis is back, empty, on the same port, every
 //! pod state and workload key is back within one period. Links are never written or deleted by

@@ -1,7 +1,8 @@
-//! Security (issue 6, item 6): Redis with `requirepass` and TLS only (`rediss://`, a CA made by
+//! Security: Redis with `requirepass` and TLS only (`rediss://`, a CA made by
 //! the test) works end to end for the library and the operator, and the password never shows up
 //! in what they log, report or expose.
 
+use routestate::core::ErrorChain;
 use std::{
     io::Write,
     sync::{Arc, Mutex},
@@ -109,7 +110,7 @@ async fn library_works_over_tls_with_a_password_and_never_shows_it() {
         let client = Client::new(store.clone(), ClientConfig::default()).unwrap();
         assert_eq!(client.compute_linked_pod(&ns, "u3", "svc").await.unwrap(), 0);
         // A failing operation's error names the op and key, not the password.
-        let err = store.get_linked_pod(&ns, "bad{uid", "svc").await.unwrap_err().to_string();
+        let err = store.get_linked_pod(&ns, "bad{uid", "svc").await.unwrap_err().chain().to_string();
         assert!(!err.contains(&pw), "{err}");
         // A warning the library logs (a garbage entry in a uid's link hash): the positive
         // control that the capture below sees the library's events at all.
@@ -151,7 +152,7 @@ async fn library_works_over_tls_with_a_password_and_never_shows_it() {
             Ok(store) => store.server_time_ms().await.map(|_| ()),
             Err(e) => Err(e),
         };
-        let err = result.expect_err(what).to_string();
+        let err = result.expect_err(what).chain().to_string();
         let full = format!("{err} / {:?}", err);
         assert!(!full.contains(&pw), "{what}: the error shows the password: {full}");
         assert!(expect.iter().any(|e| full.contains(e)), "{what}: unclear error: {full}");

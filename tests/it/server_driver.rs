@@ -1,6 +1,7 @@
 //! The server role: reports through a recording transport (a fake of our own trait), drain and
 //! cancellation, and link operations against real Redis (standalone and Cluster).
 
+use routestate::core::ErrorChain;
 use std::{
     sync::{
         Arc, Mutex,
@@ -78,7 +79,10 @@ async fn failed_publishes_are_reported_and_retried() {
     d.start().await.unwrap();
     rec.failing.store(true, Ordering::SeqCst);
     let err = d.set_load_state(9).await.unwrap_err();
-    assert!(matches!(err, ServerError::Transport(_)) && err.to_string().contains("annotations unreachable"), "{err}");
+    assert!(
+        matches!(err, ServerError::Transport(_)) && err.chain().to_string().contains("annotations unreachable"),
+        "{err}"
+    );
     assert_eq!(d.load_state(), 9, "the state is kept for the retry");
     rec.failing.store(false, Ordering::SeqCst);
     wait_for("the retry to publish load 9", Duration::from_secs(5), || {
@@ -143,7 +147,7 @@ async fn links_are_restricted_to_the_local_namespace(store: Store) {
         matches!(&err, ServerError::NotLocalNamespace { requested, local } if requested == "elsewhere" && *local == ns),
         "{err}"
     );
-    assert!(err.to_string().contains("elsewhere") && err.to_string().contains(&ns), "{err}");
+    assert!(err.chain().to_string().contains("elsewhere") && err.chain().to_string().contains(&ns), "{err}");
     let not_local = |r: Result<(), ServerError>| matches!(r, Err(ServerError::NotLocalNamespace { requested, local }) if requested == "elsewhere" && local == ns);
     assert!(not_local(d.try_set_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "try-set");
     assert!(not_local(d.remove_linked_pod("elsewhere", "u", "game", 0).await.map(drop)), "remove");

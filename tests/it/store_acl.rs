@@ -2,6 +2,7 @@
 //! private Redis: a pod's user does its whole job — reports, links, the dataset check — in its
 //! own namespace, and every write beyond it is refused with a clear error and changes nothing.
 
+use routestate::core::ErrorChain;
 use std::{collections::BTreeMap, time::Duration};
 
 use routestate::{
@@ -82,7 +83,7 @@ async fn a_pods_user_writes_only_its_namespaces_reports_and_links() {
         ("another namespace's link, removed", pod.remove_linked_pod("other", "u1", "game", 0).await.map(drop)),
     ];
     for (what, result) in denied {
-        let e = result.expect_err(what).to_string();
+        let e = result.expect_err(what).chain().to_string();
         assert!(e.to_lowercase().contains("noperm") && e.contains("sf:{other:"), "{what}: {e}");
         assert!(!e.contains(&password), "{what}: the error shows the password: {e}");
     }
@@ -102,7 +103,7 @@ async fn a_pods_user_writes_only_its_namespaces_reports_and_links() {
         ),
     ];
     for (what, cmd) in raw {
-        let e = cmd.query_async::<redis::Value>(&mut conn).await.expect_err(what).to_string();
+        let e = cmd.query_async::<redis::Value>(&mut conn).await.expect_err(what).chain().to_string();
         assert!(e.to_lowercase().contains("noperm"), "{what}: {e}");
     }
     assert_eq!(dump(&admin).await, before, "a refused write changed something");

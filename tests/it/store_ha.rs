@@ -3,6 +3,7 @@
 //! the node that owns the link and say so when replicas did not confirm, and the dataset epoch
 //! tells a restart that kept the data from one that lost it.
 
+use routestate::core::ErrorChain;
 use std::time::{Duration, Instant};
 
 use routestate::{
@@ -52,7 +53,7 @@ async fn sentinel_store_follows_the_master_across_a_failover_and_back() {
         matches!(err, StoreError::NotReplicated { confirmed: 0, wanted: 1, .. }),
         "expected NotReplicated, got {err}"
     );
-    assert!(err.to_string().contains("confirmed by only 0 of 1 replicas"), "{err}");
+    assert!(err.chain().to_string().contains("confirmed by only 0 of 1 replicas"), "{err}");
     assert_eq!(store.get_linked_pod(&ns, "carol", "game").await.unwrap(), Some(1), "written on the master");
 
     // The old master comes back and the sentinels turn it into a replica: replicated writes
@@ -113,7 +114,7 @@ async fn replicated_writes_on_a_lone_server_are_written_but_not_confirmed() {
         let err =
             store.with_durability(bad).set_linked_pod(&ns, "v", "game", 1, LinkTtl::Persistent).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidArgument { .. }), "{bad:?}: {err}");
-        assert!(err.to_string().contains("durability"), "{err}");
+        assert!(err.chain().to_string().contains("durability"), "{err}");
     }
     assert_eq!(store.get_linked_pod(&ns, "v", "game").await.unwrap(), None, "nothing sent");
 }
@@ -269,7 +270,7 @@ async fn sentinel_over_tls_with_passwords_follows_a_failover() {
     .await;
     assert_eq!(store.get_linked_pod(&ns, "ann", "game").await.unwrap(), Some(6));
     // Without the CA the sentinels' certificate is not trusted: a clear error, no password.
-    let err = Store::connect(&RedisOptions { ca_file: None, ..opts.clone() }).await.unwrap_err().to_string();
+    let err = Store::connect(&RedisOptions { ca_file: None, ..opts.clone() }).await.unwrap_err().chain().to_string();
     assert!(err.contains(&set.master_name), "{err}");
     assert!(!err.contains(data_pw) && !err.contains(sentinel_pw), "{err}");
 }

@@ -1,5 +1,6 @@
 //! Link scripts against real Redis, standalone and Cluster (the same suite runs on both).
 
+use routestate::core::ErrorChain;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use redis::AsyncCommands;
@@ -43,7 +44,7 @@ async fn set_semantics(store: Store) {
     assert_eq!(store.get_linked_pod(&ns, "u1", SVC).await.unwrap(), Some(4), "a rejected call changes nothing");
     assert_eq!(store.get_linked_pod(&ns, "nobody", SVC).await.unwrap(), None, "missing key");
     let err = store.get_linked_pod(&ns, "bad{uid", SVC).await.unwrap_err();
-    assert!(err.to_string().contains("get_linked_pod") && err.to_string().contains("bad{uid"), "{err}");
+    assert!(err.chain().to_string().contains("get_linked_pod") && err.chain().to_string().contains("bad{uid"), "{err}");
 }
 
 async fn set_if_absent_never_touches_an_existing_link(store: Store) {
@@ -65,7 +66,7 @@ async fn set_if_absent_never_touches_an_existing_link(store: Store) {
     let garbage = Keys::link(&ns, "g", SVC).unwrap();
     let _: () = store.conn().set(&garbage, "not-a-pod").await.unwrap();
     let err = store.get_linked_pod(&ns, "g", SVC).await.unwrap_err();
-    assert!(err.to_string().contains(&garbage) && err.to_string().contains("not-a-pod"), "{err}");
+    assert!(err.chain().to_string().contains(&garbage) && err.chain().to_string().contains("not-a-pod"), "{err}");
     assert_eq!(store.set_linked_pod_if_absent(&ns, "g", SVC, 1, LinkTtl::Temporary(10)).await.unwrap(), 1);
 }
 
@@ -218,7 +219,7 @@ async fn connection_errors_name_the_server_but_never_the_password() {
     let opts =
         RedisOptions { op_timeout: Duration::from_secs(1), ..RedisOptions::standalone("redis://:hunter2@127.0.0.1:1") };
     assert!(!format!("{opts:?}").contains("hunter2"));
-    let err = Store::connect(&opts).await.unwrap_err().to_string();
+    let err = Store::connect(&opts).await.unwrap_err().chain().to_string();
     assert!(err.contains("127.0.0.1:1") && !err.contains("hunter2"), "{err}");
     let err = Store::connect(&RedisOptions::standalone("nonsense://x")).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");
@@ -242,6 +243,7 @@ async fn password_option_overrides_the_url() {
     let err = Store::connect(&with(format!("redis://:right-secret@127.0.0.1:{}", redis.port), Some("wrong-secret")))
         .await
         .unwrap_err()
+        .chain()
         .to_string();
     assert!(err.contains("WRONGPASS") || err.contains("authentication failed"), "not an AUTH error: {err}");
     assert!(!err.contains("wrong-secret") && !err.contains("right-secret"), "{err}");
@@ -255,7 +257,7 @@ async fn operations_time_out_naming_operation_and_key() {
     let opts = RedisOptions { op_timeout: Duration::from_millis(300), ..RedisOptions::standalone(url) };
     let err = Store::connect(&opts).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!err.chain().to_string().contains("hunter2"), "{err}");
     drop(listener);
 
     // A connected server that stalls (CLIENT PAUSE, on a private server): the operation times
@@ -274,7 +276,10 @@ async fn operations_time_out_naming_operation_and_key() {
         matches!(&err, StoreError::Timeout { op: "get_linked_pod", key, .. } if key == "sf:{ns:lk:u}game"),
         "{err}"
     );
-    assert!(err.to_string().contains("get_linked_pod") && err.to_string().contains("sf:{ns:lk:u}game"), "{err}");
+    assert!(
+        err.chain().to_string().contains("get_linked_pod") && err.chain().to_string().contains("sf:{ns:lk:u}game"),
+        "{err}"
+    );
     wait_for("the paused server to answer again", Duration::from_secs(10), || {
         let store = store.clone();
         async move { store.get_linked_pod("ns", "u", SVC).await.map_err(|e| e.to_string()) }

@@ -3,6 +3,7 @@
 //! the pure model `core::published`, the floor under concurrent ticks and reports, placements
 //! through the candidate index against the full judgement, and the v1 fallback.
 
+use routestate::core::ErrorChain;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
@@ -190,14 +191,14 @@ async fn bad_reports_and_plans_are_refused(store: Store) {
         workload: None,
     };
     let err = store.publish(std::slice::from_ref(&plan)).await.pop().unwrap().unwrap_err();
-    assert!(err.to_string().contains("bad period") && err.to_string().contains(&k.state), "{err}");
+    assert!(err.chain().to_string().contains("bad period") && err.chain().to_string().contains(&k.state), "{err}");
     assert!(hash(&store, &k.state).await.is_empty(), "a refused plan wrote states");
     plan.period_secs = 10;
     plan.namespace = "a:b".into();
     let err = store.publish(std::slice::from_ref(&plan)).await.pop().unwrap().unwrap_err();
-    assert!(matches!(err, StoreError::Key { .. }) && err.to_string().contains("\"a:b\""), "{err}");
+    assert!(matches!(err, StoreError::Key { .. }) && err.chain().to_string().contains("\"a:b\""), "{err}");
     let err = store.report_pod_state("a{b", SVC, 0, &PodReport::default()).await.unwrap_err();
-    assert!(err.to_string().contains("a{b"), "{err}");
+    assert!(err.chain().to_string().contains("a{b"), "{err}");
 }
 
 /// Operator ticks with changing floors and pods' reports, interleaved at full speed: an observer

@@ -14,6 +14,7 @@
 //!
 //! The pod learns its name and namespace through the downward API (`POD_NAME`, `POD_NAMESPACE`).
 
+use crate::core::ErrorChain;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -133,7 +134,7 @@ async fn patch_loop(
                     written.send_replace(Some(r));
                 }
                 Err(e) => {
-                    tracing::warn!(pod, error = %e, "patching the pod's routestate annotations failed; retrying");
+                    tracing::warn!(pod, error = %e.chain(), "patching the pod's routestate annotations failed; retrying");
                     *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 }
             }

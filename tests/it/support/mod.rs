@@ -151,3 +151,28 @@ where
         }
     }
 }
+
+/// The named steps of a long scenario test: a failure (a panic anywhere in the test) names the
+/// step it happened in and the steps passed before it.
+#[derive(Default)]
+pub struct Steps {
+    done: Vec<&'static str>,
+    current: Option<&'static str>,
+}
+
+impl Steps {
+    /// Starts step `name` (the previous one passed).
+    pub fn enter(&mut self, name: &'static str) {
+        if let Some(previous) = self.current.replace(name) {
+            self.done.push(previous);
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("FAILED in step {:?} (passed: {:?})", self.current.unwrap_or("setup"), self.done);
+        }
+    }
+}
