@@ -85,14 +85,24 @@ init_config() {
   mv "$D/config.tmp" "$D/config"
 }
 
+apt_install() {
+  log "installing $* (Debian packages)"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  else
+    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  fi
+}
+
 ensure_redis() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
-  log "installing redis-server and redis-tools (Debian packages)"
-  if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >&2
-  else
-    sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >&2
-  fi
+  apt_install redis-server redis-tools
+}
+
+# Not a cluster component: the tests start private Prometheus servers (alert rules, dashboard).
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+  apt_install --no-install-recommends prometheus
 }
 
 start_etcd() {
@@ -302,6 +312,7 @@ case $cmd in
   up)
     load
     t0=$SECONDS
+    ensure_prometheus
     for c in "${COMPONENTS[@]}"; do start_component "$c"; done
     write_env
     log "all components up in $((SECONDS - t0))s; env: $D/env"

@@ -22,7 +22,8 @@
 # Environment: RUN_NAMESPACE (default routestate-demo), RUN_HTTP_ADDR (default a free
 # 127.0.0.1 port), ROUTESTATE_BIN (use this binary instead of `cargo build`), RUN_DIR (logs,
 # default target/run), RUN_REAL_NODE=0 (never use the real node), RUN_BUILD_IMAGES=0 (on the
-# real node, use the images already imported instead of `make image-load`).
+# real node, use the images already imported instead of `make image-load`),
+# RUN_NAMESPACE_WAIT_SECONDS (default 120: how long to wait for a Terminating RUN_NAMESPACE to go).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -103,7 +104,23 @@ else
 fi
 command -v kubectl >/dev/null || die "kubectl not found on PATH"
 
+# A namespace still Terminating (a previous run's, deleted on Ctrl-C) takes no new objects
+# ("Forbidden ... because it is being terminated"): wait until it is gone, for at most
+# RUN_NAMESPACE_WAIT_SECONDS, then say what still holds it.
+wait_namespace_gone() {
+  local wait=${RUN_NAMESPACE_WAIT_SECONDS:-120}
+  [[ $wait =~ ^[0-9]+$ ]] || die "RUN_NAMESPACE_WAIT_SECONDS=$wait is not a number of seconds"
+  [[ $(kubectl get namespace "$NS" --ignore-not-found -o jsonpath='{.status.phase}') == Terminating ]] || return 0
+  say "namespace $NS is still being deleted (a previous run's?): waiting up to ${wait}s for it to go"
+  if ! kubectl wait --for=delete "namespace/$NS" --timeout="${wait}s" >/dev/null 2>&1; then
+    kubectl get namespace "$NS" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type}: {.message}{"\n"}{end}' >&2 || true
+    die "namespace $NS is still Terminating after ${wait}s (its conditions above say what holds it): remove that, or choose another RUN_NAMESPACE"
+  fi
+  say "namespace $NS is gone"
+}
+
 ensure_namespace() {
+  wait_namespace_gone
   if ! kubectl get namespace "$NS" >/dev/null 2>&1; then
     kubectl create namespace "$NS" >/dev/null
     created_ns=1

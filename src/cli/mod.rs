@@ -1,4 +1,5 @@
-//! The `routestate` command line: `run` (the operator), `crd`, `status`, `links` and `pick`.
+//! The `routestate` command line: `run` (the operator), `crd`, `status`, `links` and `pick`;
+//! also a kubectl plugin when installed as `kubectl-routestate` ([`plugin`]).
 //!
 //! Usage errors (unknown flags, malformed `<ns>/<name>`, inconsistent lease timings) print a
 //! clear message and exit with code 2; runtime failures exit with code 1.
@@ -7,8 +8,10 @@ mod explain;
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
-use kube::{Api, Client, config::KubeConfigOptions};
+pub mod plugin;
+
+use clap::{Args, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use kube::{Api, Client};
 
 use crate::{
     core::{
@@ -111,9 +114,9 @@ pub enum LogFormat {
 /// Flags of `routestate run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster ServiceAccount.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig, context, cluster and user.
+    #[command(flatten)]
+    pub kube: plugin::KubeArgs,
     /// Redis connection.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -167,17 +170,20 @@ fn ns_name(s: &str) -> Result<NsName, String> {
 /// Flags of `routestate status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The RouteState, as `<namespace>/<name>` (or `<name>` with -n).
+    /// The RouteState, as `<namespace>/<name>`, or `<name>` in the -n namespace (default: the
+    /// kubeconfig context's).
     pub target: Option<String>,
-    /// Namespace (with a bare name, or alone: every RouteState of the namespace).
+    /// Namespace (with a bare name, or alone: every RouteState of the namespace; default: the
+    /// kubeconfig context's).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Refresh every second until interrupted.
     #[arg(short = 'w', long)]
     pub watch: bool,
-    /// Kubeconfig file (to resolve the RouteState's service and pod names).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig, context, cluster and user (to resolve the RouteState's service and pod names,
+    /// and the namespace when -n is not given).
+    #[command(flatten)]
+    pub kube: plugin::KubeArgs,
     /// Redis connection.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -320,7 +326,7 @@ impl<E: std::error::Error + 'static> From<E> for Failure {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = plugin::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -330,7 +336,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(msg)) => Cli::command().error(ErrorKind::ValueValidation, msg).exit(),
+        Err(Failure::Usage(msg)) => plugin::command().error(ErrorKind::ValueValidation, msg).exit(),
         Err(Failure::Runtime(msg)) => {
             eprintln!("routestate: {msg}");
             ExitCode::FAILURE
@@ -361,20 +367,6 @@ fn init_logs(format: LogFormat) {
     };
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<Client, Failure> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Failure::Runtime(format!("reading kubeconfig {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Failure::Runtime(format!("loading kubeconfig {}: {e}", path.display())))?
-        }
-        None => kube::Config::infer().await.map_err(|e| Failure::Runtime(format!("finding a kubeconfig: {e}")))?,
-    };
-    Client::try_from(config).map_err(|e| Failure::Runtime(format!("building the Kubernetes client: {e}")))
-}
-
 async fn run(args: RunArgs) -> Result<(), Failure> {
     let (duration, renew) =
         (Duration::from_secs(args.lease_duration_seconds), Duration::from_secs(args.lease_renew_seconds));
@@ -385,7 +377,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let redis = args.redis.options().map_err(Failure::Usage)?;
     init_logs(args.log_format);
-    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let client = args.kube.client().await.map_err(Failure::Runtime)?;
     let identity = args
         .lease_identity
         .clone()
@@ -499,11 +491,17 @@ async fn status_targets(args: &StatusArgs, client: &Result<Client, Failure>) -> 
             (t.namespace, Some(t.name))
         }
         (Some(t), Some(ns)) => (ns.clone(), Some(t.clone())),
-        (Some(t), None) => {
-            return Err(Failure::Usage(format!("{t:?}: give <namespace>/<routestate>, or a name with -n <namespace>")));
-        }
         (None, Some(ns)) => (ns.clone(), None),
-        (None, None) => return Err(Failure::Usage("give <namespace>/<routestate> or -n <namespace>".into())),
+        // As kubectl: the kubeconfig context's namespace.
+        (t, None) => match client {
+            Ok(c) => (c.default_namespace().to_owned(), t.clone()),
+            Err(Failure::Runtime(e) | Failure::Usage(e)) => {
+                let what = t.as_ref().map_or("RouteStates".to_owned(), |t| format!("{t:?}"));
+                return Err(Failure::Usage(format!(
+                    "{what}: give <namespace>/<routestate> or -n <namespace> (no kubeconfig namespace: {e})"
+                )));
+            }
+        },
     };
     let found: Vec<RouteState> = match (client, &name) {
         (Ok(c), Some(n)) => {
@@ -564,7 +562,7 @@ async fn status_targets(args: &StatusArgs, client: &Result<Client, Failure>) -> 
 async fn status(args: StatusArgs) -> Result<(), Failure> {
     let store = Store::connect(&args.redis.options().map_err(Failure::Usage)?).await?;
     // One client for the whole --watch session; only the RouteStates are re-read each second.
-    let client = kube_client(args.kubeconfig.as_ref()).await;
+    let client = args.kube.client().await.map_err(Failure::Runtime);
     loop {
         let targets = status_targets(&args, &client).await?;
         let mut out = String::new();
@@ -696,7 +694,7 @@ mod tests {
         assert!(e.to_string().contains("is not <namespace>/<name>"), "{e}");
         let e = Cli::try_parse_from(["routestate", "frobnicate"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        let e = Cli::command().error(ErrorKind::ValueValidation, "x");
+        let e = plugin::command().error(ErrorKind::ValueValidation, "x");
         assert_eq!(e.exit_code(), 2);
     }
 

@@ -2,7 +2,8 @@
 //! published to Redis, under which service name, and with which routing overrides.
 //!
 //! The schema is generated from these types; doc comments become `kubectl explain` text, and
-//! the validation (enums, ranges, list-map keys, CEL rules) is enforced by the API server.
+//! the validation (enums, ranges, list-map keys, CEL rules) is enforced by the API server. It
+//! carries only formats the API server knows ([`kube_formats`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -70,6 +71,7 @@ use crate::core::{self, DEFAULT_CPU_FACTOR, DEFAULT_UPDATE_PERIOD_SECS};
     printcolumn(name = "Age", type_ = "date", description = "Age", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kube_formats)]
 pub struct RouteStateSpec {
     /// Name of the StatefulSet (in the RouteState's namespace) whose pods are published.
     /// Defaults to the RouteState's own name.
@@ -189,6 +191,7 @@ impl From<core::RoutingState> for RoutingStateName {
 /// controller forever.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kube_formats)]
 pub struct RouteStateStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +273,40 @@ impl RouteState {
     }
 }
 
+/// Removes the `format`s of a schema (and its subschemas) that the API server does not know, keeping
+/// the range they stood for. schemars writes `uint32`/`uint64` for unsigned integers; the API
+/// server ignores those and warns `unrecognized format` on every create and update of the CRD.
+/// Integers keep `int32`/`int64`, numbers `float`/`double`; an unsigned integer keeps its
+/// `minimum: 0` (added if missing) and a `uint32` gets `maximum: 4294967295` unless it has one.
+pub fn kube_formats(schema: &mut schemars::Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        let is = |t: &str| match obj.get("type") {
+            Some(serde_json::Value::String(s)) => s == t,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v == t),
+            _ => false,
+        };
+        let (integer, number) = (is("integer"), is("number"));
+        if let Some(format) = obj.get("format").and_then(|f| f.as_str()).map(str::to_owned) {
+            let known = match () {
+                _ if integer => ["int32", "int64"].contains(&format.as_str()),
+                _ if number => ["float", "double"].contains(&format.as_str()),
+                // String formats are the API server's long list; schemars only writes known ones.
+                _ => true,
+            };
+            if !known {
+                obj.remove("format");
+                if integer && format.starts_with("uint") {
+                    obj.entry("minimum").or_insert(0.into());
+                }
+                if integer && format == "uint32" {
+                    obj.entry("maximum").or_insert(u32::MAX.into());
+                }
+            }
+        }
+    }
+    schemars::transform::transform_subschemas(&mut kube_formats, schema);
+}
+
 /// The CRD as YAML, exactly as `routestate crd` prints it and `crds/routestate.yaml` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
@@ -312,6 +349,80 @@ mod tests {
         let columns: Vec<&str> =
             v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(columns, ["StatefulSet", "Routing", "Ready", "Routable", "Draining", "Workload", "Leader", "Age"]);
+    }
+
+    /// Every (path, type, format) of the CRD's schema.
+    fn formats(path: &str, schema: &serde_json::Value, out: &mut Vec<(String, String, String)>) {
+        if let Some(f) = schema["format"].as_str() {
+            out.push((path.to_owned(), schema["type"].to_string(), f.to_owned()));
+        }
+        for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            formats(&format!("{path}.{name}"), prop, out);
+        }
+        if schema["items"].is_object() {
+            formats(&format!("{path}[]"), &schema["items"], out);
+        }
+    }
+
+    #[test]
+    fn schema_has_only_formats_the_api_server_knows_and_keeps_the_ranges() {
+        let crd = serde_json::to_value(RouteState::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut found = Vec::new();
+        formats("", root, &mut found);
+        // The API server's own rules (apiextensions-apiserver validation/formats.go).
+        for (path, ty, format) in &found {
+            let known = match ty.as_str() {
+                "\"integer\"" => ["int32", "int64"].contains(&format.as_str()),
+                "\"number\"" => ["float", "double"].contains(&format.as_str()),
+                "\"string\"" => ["date-time", "date", "byte", "password", "duration"].contains(&format.as_str()),
+                _ => false,
+            };
+            assert!(known, "{path}: format {format:?} on type {ty} is unknown to the API server");
+        }
+        assert!(found.iter().any(|(_, _, f)| f == "double"), "known formats are kept: {found:?}");
+        let spec = &root["properties"]["spec"]["properties"];
+        let item = &spec["pods"]["items"]["properties"];
+        let range = |v: &serde_json::Value| (v["minimum"].as_f64(), v["maximum"].as_f64());
+        assert_eq!(range(&item["index"]), (Some(0.0), Some(1_000_000.0)));
+        assert_eq!(range(&item["loadState"]), (Some(0.0), Some(1e12)));
+        assert_eq!(range(&spec["updatePeriodSeconds"]), (Some(1.0), Some(300.0)));
+        let status = &root["properties"]["status"]["properties"];
+        for field in ["replicas", "readyPods", "routablePods", "drainingPods"] {
+            assert_eq!(range(&status[field]), (Some(0.0), Some(f64::from(u32::MAX))), "status.{field}");
+        }
+        assert_eq!(range(&status["pods"]["items"]["properties"]["index"]), (Some(0.0), Some(f64::from(u32::MAX))));
+    }
+
+    #[test]
+    fn kube_formats_drops_unknown_formats_only() {
+        let mut s = schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "format": "uint32", "minimum": 0},
+                "b": {"type": "integer", "format": "uint64", "maximum": 10},
+                "c": {"type": "integer", "format": "int64"},
+                "d": {"type": ["number", "null"], "format": "float"},
+                "e": {"type": "number", "format": "decimal"},
+                "f": {"type": "array", "items": {"type": "integer", "format": "uint16"}},
+                "g": {"type": "string", "format": "date-time"},
+                "h": {"type": "integer", "format": "uint32", "maximum": 7}
+            }
+        });
+        kube_formats(&mut s);
+        assert_eq!(
+            s.as_value()["properties"],
+            serde_json::json!({
+                "a": {"type": "integer", "minimum": 0, "maximum": 4294967295u32},
+                "b": {"type": "integer", "minimum": 0, "maximum": 10},
+                "c": {"type": "integer", "format": "int64"},
+                "d": {"type": ["number", "null"], "format": "float"},
+                "e": {"type": "number"},
+                "f": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "g": {"type": "string", "format": "date-time"},
+                "h": {"type": "integer", "minimum": 0, "maximum": 7}
+            })
+        );
     }
 
     #[test]

@@ -56,5 +56,7 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    // As of the last Redis operation: publishes on the lease holder, `/readyz`'s PING on every replica.
+    s.metrics.redis_up.set(i64::from(s.publisher.redis_down_for().is_none()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
 }

@@ -263,7 +263,7 @@ impl Publisher {
                     e.sync = SyncState::Pending;
                 }
                 drop(entries);
-                self.metrics.leader.set(i64::from(is_leader));
+                self.metrics.set_leader(is_leader);
                 term_changed = false;
                 was_leader = is_leader;
             }
@@ -413,6 +413,7 @@ impl Publisher {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for ((key, plan), result) in due.into_iter().zip(results) {
             let Some(e) = entries.get_mut(&key) else { continue };
+            self.metrics.observe_publish(&key, plan.period_secs, result.as_ref().ok());
             let sync = match result {
                 Ok(published) => {
                     self.note_redis(true);

@@ -110,6 +110,8 @@ async fn helm_lint_passes_for_default_and_full_values() {
             "redis.existingSecret.name=redis-auth",
             "redis.tls.caConfigMap.name=redis-ca",
             "metrics.serviceMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.grafanaDashboard.enabled=true",
             "replicaCount=1",
             "leaderElection.enabled=false",
         ][..],
@@ -329,5 +331,91 @@ async fn chart_args_are_accepted_by_the_routestate_binary() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = run(bin, &args, None).await;
         assert!(o.stderr.contains(read), "routestate {args:?}:\n{}", o.stderr);
+    }
+}
+
+#[tokio::test]
+async fn alert_rules_and_dashboard_are_opt_in() {
+    let count = |docs: &[Value], kind: &str| docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).count();
+    // The PrometheusRule: off by default; "auto" only where the cluster serves the API; true always.
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for (mode, api, want) in [("false", true, 0), ("auto", false, 0), ("auto", true, 1), ("true", false, 1)] {
+        let set = format!("metrics.prometheusRule.enabled={mode}");
+        let mut args = vec!["template", "rel", chart, "-n", "ops", "--set", set.as_str()];
+        if api {
+            args.extend(["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]);
+        }
+        let out = ok("helm", &args, None).await;
+        let docs: Vec<Value> =
+            serde_yaml::Deserializer::from_str(&out).map(|d| Value::deserialize(d).unwrap()).collect();
+        assert_eq!(count(&docs, "PrometheusRule"), want, "enabled={mode}, API served: {api}");
+    }
+    let docs = render(
+        "rel",
+        "ops",
+        &[
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=prom",
+            "metrics.prometheusRule.alertLabels.team=games",
+            "metrics.prometheusRule.for.noLeader=3m",
+        ],
+    )
+    .await;
+    let rule = find(&docs, "PrometheusRule", "rel-routestate").expect("PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"].as_str(), Some("prom"));
+    let alerts = rule["spec"]["groups"][0]["rules"].as_sequence().unwrap();
+    for a in alerts {
+        let name = a["alert"].as_str().unwrap();
+        assert_eq!(a["labels"]["team"].as_str(), Some("games"), "{name}");
+        assert!(a["labels"]["severity"].is_string(), "{name} has no severity");
+        assert!(a["expr"].as_str().unwrap().contains(r#"job="rel-routestate-metrics""#), "{name}: {:?}", a["expr"]);
+        for key in ["summary", "description", "runbook_url"] {
+            assert!(a["annotations"][key].as_str().is_some_and(|s| !s.is_empty()), "{name} lacks {key}");
+        }
+        // Each alert has its runbook section in docs/operations.md.
+        let section = format!("### {name}");
+        let ops = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
+        assert!(ops.contains(&section), "docs/operations.md has no {section:?}");
+    }
+    let no_leader = alerts.iter().find(|a| a["alert"] == "RoutestateNoLeader").unwrap();
+    assert_eq!(no_leader["for"].as_str(), Some("3m"));
+    let sm = render("rel", "ops", &["metrics.serviceMonitor.enabled=true"]).await;
+    let sm = find(&sm, "ServiceMonitor", "rel-routestate").unwrap();
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["honorLabels"].as_bool(),
+        Some(true),
+        "per-RouteState namespace labels are kept"
+    );
+
+    // The dashboard ConfigMap: the sidecar's label, the namespace it watches, the JSON file as is.
+    assert_eq!(count(&render("rel", "ops", &[]).await, "ConfigMap"), 0);
+    let docs = render(
+        "rel",
+        "ops",
+        &[
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.grafanaDashboard.namespace=monitoring",
+            "metrics.grafanaDashboard.label=grafana_dashboard_custom",
+            "metrics.grafanaDashboard.annotations.grafana_folder=Games",
+        ],
+    )
+    .await;
+    let cm = find(&docs, "ConfigMap", "rel-routestate-dashboard").expect("dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"].as_str(), Some("monitoring"));
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard_custom"].as_str(), Some("1"));
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"].as_str(), Some("Games"));
+    let json = std::fs::read_to_string(chart_dir().join("dashboards/routestate.json")).unwrap();
+    assert_eq!(cm["data"]["routestate.json"].as_str(), Some(json.trim_end()));
+
+    // Values the schema refuses.
+    for (set, must_name) in [
+        ("metrics.prometheusRule.enabled=yes", "enabled"),
+        ("metrics.prometheusRule.for.noLeader=soon", "noLeader"),
+        ("metrics.prometheusRule.for.noleader=1m", "noleader"),
+        ("metrics.grafanaDashboard.lable=x", "lable"),
+    ] {
+        let o = run("helm", &["template", "t", chart, "--set", set], None).await;
+        assert!(!o.ok && o.stderr.contains(must_name), "--set {set}: {}", o.stderr);
     }
 }

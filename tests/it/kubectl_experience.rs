@@ -45,7 +45,7 @@ async fn wait_row(ns: &str, want: &[&str]) {
 }
 
 /// A plain HTTP/1.0 GET (the operator's endpoints need nothing more); returns the whole response.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting {addr}: {e}"));
     stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();

@@ -6,9 +6,17 @@
 //! Two ways: on the real node (the operator installed by Helm from the local image, real
 //! game-server pods), and with `RUN_REAL_NODE=0` as on a machine without one (the operator as a
 //! local process, kwok's pods).
+//!
+//! Started again while the previous run's namespace is still Terminating, it waits for the
+//! namespace to go (and gives up after a deadline, saying what holds it).
 
 use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
 use routestate::core::RoutingState;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -19,6 +27,7 @@ use tokio::{
 use crate::support::{
     self,
     cli::{ok, repo_root, run},
+    faults::TempDir,
     node::{GAME_SERVER_IMAGE, OPERATOR_IMAGE, RealNode},
     operator::{states, wait_routing},
 };
@@ -44,7 +53,10 @@ struct MakeRun {
 
 impl MakeRun {
     fn start(real_node: bool) -> Self {
-        let ns = support::unique_name("run");
+        Self::start_in(support::unique_name("run"), real_node)
+    }
+
+    fn start_in(ns: String, real_node: bool) -> Self {
         let run_dir = std::env::temp_dir().join(&ns);
         // Started as a terminal starts a foreground job: with SIGINT at its default disposition
         // (a suite launched in the background inherits it ignored, and bash cannot trap a
@@ -88,16 +100,21 @@ impl MakeRun {
         Self { child, pid, out, readers, ns, run_dir }
     }
 
-    async fn wait_ready(&self) -> String {
-        support::wait_for("hack/run.sh's ready line", TIMEOUT, || {
+    /// Waits until it has printed `needle`; returns all it printed.
+    async fn wait_printed(&self, what: &str, needle: &str) -> String {
+        support::wait_for(what, TIMEOUT, || {
             let out = self.out.clone();
             async move {
                 let o = out.lock().await;
-                if o.contains("run: ready:") { Ok(()) } else { Err(o.clone()) }
+                if o.contains(needle) { Ok(()) } else { Err(o.clone()) }
             }
         })
         .await;
-        let printed = self.out.lock().await.clone();
+        self.out.lock().await.clone()
+    }
+
+    async fn wait_ready(&self) -> String {
+        let printed = self.wait_printed("hack/run.sh's ready line", "run: ready:").await;
         assert!(!printed.contains("starting the local control plane"), "it must use the running cluster:\n{printed}");
         printed
     }
@@ -129,6 +146,82 @@ impl MakeRun {
         assert!(readyz.ok, "the cluster must still be running: {}", readyz.stderr);
         printed
     }
+}
+
+/// A ConfigMap finalizer that keeps a deleted namespace Terminating until it is removed.
+const HOLD: &str = "routestate.dev/test-hold";
+
+/// Creates namespace `name` holding a ConfigMap with a finalizer, deletes it, and waits until it
+/// is Terminating (as a previous run's namespace is while its objects are still being deleted).
+async fn terminating_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "hold", "finalizers": [HOLD]}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), name).create(&PostParams::default(), &cm).await.unwrap();
+    namespaces.delete(name, &DeleteParams::background()).await.unwrap();
+    support::wait_for(&format!("namespace {name} Terminating"), TIMEOUT, || async {
+        let phase = namespaces.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+        if phase.as_deref() == Some("Terminating") { Ok(()) } else { Err(format!("{phase:?}")) }
+    })
+    .await;
+}
+
+/// Removes the finalizer that holds the namespace: the namespace controller then finishes.
+async fn release_namespace(client: &Client, name: &str) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), name);
+    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+    cms.patch("hold", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test]
+async fn make_run_gives_up_on_a_namespace_that_stays_terminating() {
+    let client = support::kube_client().await;
+    let ns = support::unique_name("run-stuck");
+    let run_dir = TempDir::new("run-stuck");
+    terminating_namespace(&client, &ns).await;
+    // The namespace controller says what holds it (once it has deleted what it could).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    support::wait_for("NamespaceFinalizersRemaining", TIMEOUT, || async {
+        let ns = namespaces.get(&ns).await.map_err(|e| e.to_string())?;
+        let conditions = ns.status.and_then(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "NamespaceFinalizersRemaining" && c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("{conditions:?}"))
+        }
+    })
+    .await;
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(repo_root().join("hack/run.sh"))
+            .env("RUN_NAMESPACE", &ns)
+            .env("RUN_DIR", run_dir.path())
+            .env("RUN_REAL_NODE", "0")
+            .env("RUN_NAMESPACE_WAIT_SECONDS", "2")
+            .env("ROUTESTATE_BIN", env!("CARGO_BIN_EXE_routestate"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("hack/run.sh gives up within its deadline")
+    .unwrap();
+    release_namespace(&client, &ns).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for want in [
+        format!("namespace {ns} is still being deleted"),
+        format!("namespace {ns} is still Terminating after 2s"),
+        // The namespace's own condition says what holds it.
+        "NamespaceFinalizersRemaining".to_owned(),
+        HOLD.to_owned(),
+    ] {
+        assert!(stderr.contains(&want), "stderr lacks {want:?}:\n{stderr}");
+    }
+    assert!(!stderr.contains("because it is being terminated"), "{stderr}");
+    assert!(!stderr.contains("starting the operator"), "it must stop before starting anything:\n{stderr}");
 }
 
 /// The printed command line that contains every one of `words`, run as written by bash with the
@@ -193,9 +286,16 @@ async fn make_run_on_the_real_node_installs_the_image_with_helm_and_runs_real_ga
 
 #[tokio::test]
 async fn make_run_without_a_real_node_runs_the_operator_locally_and_ctrl_c_stops_what_it_started() {
-    let make_run = MakeRun::start(false);
+    let client = support::kube_client().await;
+    let ns = support::unique_name("run");
+    // A previous run's namespace, still Terminating: make run waits for it to go.
+    terminating_namespace(&client, &ns).await;
+    let make_run = MakeRun::start_in(ns.clone(), false);
+    make_run.wait_printed("hack/run.sh waiting for the Terminating namespace", "is still being deleted").await;
+    release_namespace(&client, &ns).await;
     let printed = make_run.wait_ready().await;
-    let ns = make_run.ns.clone();
+    assert!(printed.contains(&format!("namespace {ns} is gone")), "{printed}");
+    assert!(!printed.contains("because it is being terminated"), "{printed}");
     // It printed `kubectl get routestates` and the next commands to try.
     for want in ["STATEFULSET", "ROUTING", "READY", "web", "DenyNewCall", "routestate.dev/load", "scale", "status"] {
         assert!(printed.contains(want), "output lacks {want:?}:\n{printed}");

@@ -217,6 +217,8 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
 async fn apply_conflict(rs: &RouteState, ns: &str, ctx: &Context, service: &str, owner: &str) -> Result<Action> {
     let key = ObjectRef::from_obj(rs);
     ctx.publisher.withdraw(&key);
+    // After the withdrawal, so no tick re-creates them: its service's series are the owner's.
+    ctx.metrics.forget(&key);
     let note = ctx.seen(&key, |seen| seen.conflicting(service, owner));
     record(ctx, rs, ns, note.into_iter().collect()).await;
     let (_, derived) = plan_for(rs, ns, ctx);
@@ -241,6 +243,7 @@ async fn apply_conflict(rs: &RouteState, ns: &str, ctx: &Context, service: &str,
 /// the last patch was less than [`STATUS_MIN_INTERVAL`] ago: then nothing is written and the
 /// wait is returned (the reconcile runs again after it, with the inputs of then).
 async fn patch_status(rs: &RouteState, ns: &str, ctx: &Context, status: RouteStateStatus) -> Result<Option<Duration>> {
+    ctx.metrics.observe_status(&ObjectRef::from_obj(rs), &status.conditions);
     if rs.status.as_ref() == Some(&status) {
         return Ok(None);
     }
@@ -281,6 +284,8 @@ async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action>
             format!("deleted the Redis keys of service {service} (links are kept)")
         }
     };
+    // After the publisher let go of it, so no tick re-creates them.
+    ctx.metrics.forget(&key);
     let done = Note { type_: EventType::Normal, reason: "Cleanup", action: "Delete".into(), pod: None, note };
     record(ctx, &rs, ns, vec![done]).await;
     Ok(Action::await_change())

@@ -56,13 +56,25 @@ pub async fn start_operator_with(
     lease: Option<LeaseConfig>,
     redis: RedisOptions,
 ) -> Operator {
+    start_operator_at(client, namespace, lease, redis, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts an operator watching only `namespace` on the given Redis, serving HTTP on `http_addr`
+/// (e.g. the address of an operator stopped before, so a scraper finds its successor).
+pub async fn start_operator_at(
+    client: &Client,
+    namespace: &str,
+    lease: Option<LeaseConfig>,
+    redis: RedisOptions,
+    http_addr: std::net::SocketAddr,
+) -> Operator {
     init_logs();
     let config = OperatorConfig {
         client: client.clone(),
         redis,
         namespace: Some(namespace.to_owned()),
         lease,
-        http_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some(http_addr),
         instance: super::unique_name("op"),
     };
     Operator::start(config).await.unwrap_or_else(|e| panic!("starting the operator: {e}"))
