@@ -5,6 +5,7 @@
 //! `--explain` text and JSON; an older two-field state skipped by every reader; and the `:` rule
 //! of keys through the binary.
 
+use routestate::core::ErrorChain;
 use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -149,7 +150,7 @@ async fn explaining_nothing_writes_nothing(store: Store) {
     assert!(!exists(&store, &Keys::link_hash(&ns, "u").unwrap()).await);
     assert!(!exists(&store, &Keys::state(&ns, "svc").unwrap()).await);
     let bad = store.explain_pick("a:b", "svc", None, 500, WINDOW).await.unwrap_err();
-    assert!(bad.to_string().contains("\"a:b\""), "{bad}");
+    assert!(bad.chain().to_string().contains("\"a:b\""), "{bad}");
 }
 
 crate::both!(explanations_match_selection_and_placement, explaining_nothing_writes_nothing);
