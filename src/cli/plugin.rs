@@ -19,7 +19,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-use super::Cli;
+use super::{Cli, error::CliError};
 
 /// The executable name kubectl looks for on `PATH` for `kubectl routestate`.
 pub const PLUGIN_EXECUTABLE: &str = "kubectl-routestate";
@@ -84,22 +84,25 @@ impl KubeArgs {
     }
 
     /// The Kubernetes client; an error names the kubeconfig that could not be used.
-    pub async fn client(&self) -> Result<Client, String> {
+    pub async fn client(&self) -> Result<Client, CliError> {
+        let failed =
+            |what: String| move |e: Box<dyn std::error::Error + Send + Sync>| CliError::Kubeconfig { what, source: e };
         let options = self.options();
         let config = match &self.kubeconfig {
             Some(path) => {
-                let kc =
-                    Kubeconfig::read_from(path).map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| failed(format!("reading kubeconfig {}", path.display()))(e.into()))?;
                 Config::from_custom_kubeconfig(kc, &options)
                     .await
-                    .map_err(|e| format!("loading kubeconfig {}: {e}", path.display()))?
+                    .map_err(|e| failed(format!("loading kubeconfig {}", path.display()))(e.into()))?
             }
             None if self.selects() => Config::from_kubeconfig(&options)
                 .await
-                .map_err(|e| format!("loading the kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"))?,
-            None => Config::infer().await.map_err(|e| format!("finding a kubeconfig: {e}"))?,
+                .map_err(|e| failed("loading the kubeconfig ($KUBECONFIG or ~/.kube/config)".into())(e.into()))?,
+            None => Config::infer().await.map_err(|e| failed("finding a kubeconfig".into())(e.into()))?,
         };
-        Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
+        Client::try_from(config)
+            .map_err(|source| CliError::Kube { what: "building the Kubernetes client".into(), source })
     }
 }
 

@@ -128,7 +128,7 @@ mod tests {
     use crate::operator::{crd::RouteStateSpec, derive::PodFacts};
 
     fn spec() -> RouteStateSpec {
-        serde_json::from_value(serde_json::json!({"statefulSetName": "web"})).unwrap()
+        serde_json::from_value(serde_json::json!({"statefulSet": "web"})).unwrap()
     }
 
     fn facts(index: u32, ready: bool) -> PodFacts {

@@ -165,7 +165,7 @@ impl Fixture {
                 "name": "web", "namespace": "game", "uid": "rs-uid", "generation": 1,
                 "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"
             },
-            "spec": {"statefulSetName": "web"}
+            "spec": {"statefulSet": "web"}
         });
         if finalizer {
             object["metadata"]["finalizers"] = json!([FINALIZER]);
