@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Deadline of one scripted exchange (generous: a liveness bound on a shared machine).
-const DEADLINE: Duration = Duration::from_secs(20);
+const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A private redis-server on a Unix socket, stopped and removed on drop.
 struct PrivateRedis {
