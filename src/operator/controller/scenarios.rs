@@ -192,6 +192,21 @@ impl Fixture {
         result
     }
 
+    /// The leader's first reconcile of RouteState `game/web` (with its finalizer) over `replicas`
+    /// Ready pods: its one request, the status patch, answered; returns the patch sent.
+    async fn first_status_patch(&mut self, replicas: u32) -> Value {
+        self.with_statefulset(replicas);
+        let rs = self.routestate(true, None);
+        let answer = serde_json::to_value(rs.as_ref()).unwrap();
+        let mut sent = Value::Null;
+        self.reconcile(rs, async |api: &mut ApiServer| {
+            sent = api.expect(Method::PATCH, &format!("{RS_PATH}/status"), answer).await;
+        })
+        .await
+        .unwrap();
+        sent
+    }
+
     async fn redis_keys(&self) -> Vec<String> {
         let mut conn = self.redis.conn();
         redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap()
@@ -249,15 +264,7 @@ async fn the_leader_adds_the_finalizer_first_and_writes_nothing_else() {
 #[tokio::test]
 async fn an_unchanged_status_is_not_patched_again() {
     let mut f = Fixture::new(true).await;
-    f.with_statefulset(2);
-    let rs = f.routestate(true, None);
-    let answer = serde_json::to_value(rs.as_ref()).unwrap();
-    let mut sent = Value::Null;
-    f.reconcile(rs, async |api: &mut ApiServer| {
-        sent = api.expect(Method::PATCH, &format!("{RS_PATH}/status"), answer).await;
-    })
-    .await
-    .unwrap();
+    let sent = f.first_status_patch(2).await;
     assert_eq!(sent["kind"], "RouteState");
     let ready = condition(&sent["status"], "Ready");
     assert_eq!(
@@ -362,15 +369,7 @@ async fn a_reconcile_reads_its_own_statefulsets_pods_only() {
 #[tokio::test]
 async fn status_changes_under_churn_wait_for_the_minimum_interval() {
     let mut f = Fixture::new(true).await;
-    f.with_statefulset(2);
-    let rs = f.routestate(true, None);
-    let answer = serde_json::to_value(rs.as_ref()).unwrap();
-    let mut sent = Value::Null;
-    f.reconcile(rs, async |api: &mut ApiServer| {
-        sent = api.expect(Method::PATCH, &format!("{RS_PATH}/status"), answer).await;
-    })
-    .await
-    .unwrap();
+    let sent = f.first_status_patch(2).await;
     // Pod 1 stops being Ready right after: its Event is told at once, the status waits.
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {
