@@ -162,37 +162,62 @@ start_kube_controller_manager() {
     --service-account-private-key-file="$D/pki/sa.key" --use-service-account-credentials=false \
     --root-ca-file="$D/pki/ca.crt" \
     --controllers=statefulset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,replicaset-controller,deployment-controller,job-controller,endpointslice-controller,endpoints-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,disruption-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
-    --concurrent-statefulset-syncs=10 --kube-api-qps=200 --kube-api-burst=400 --v=1
+    --concurrent-statefulset-syncs=10 --kube-api-qps=1000 --kube-api-burst=2000 --v=1
   wait_for kube-controller-manager curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
 }
 
 start_kube_scheduler() {
-  launch kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$D/kubeconfig" --leader-elect=false \
+  # The client's rate limit is raised from 50/100 requests per second: at that rate binding
+  # 10 000 pods alone takes over three minutes.
+  cat >"$D/kube-scheduler.yaml" <<CFG
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: $D/kubeconfig, qps: 1000, burst: 2000}
+leaderElection: {leaderElect: false}
+CFG
+  launch kube-scheduler "$BIN/kube-scheduler" --config="$D/kube-scheduler.yaml" \
     --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics --v=1
   wait_for kube-scheduler curl -sfk "https://127.0.0.1:$SCHED_PORT/healthz"
 }
 
+# KWOK_NODES fake nodes of 4 000 pods each (a fleet benchmark needs more than one); the tests
+# expect kwok-node-0.
+KWOK_NODES=${KWOK_NODES:-1}
+
 start_kwok() {
-  launch kwok "$BIN/kwok" --kubeconfig="$D/kubeconfig" --config="$BIN/kwok-stages.yaml" \
+  # 16 pod stages in parallel (default 4): thousands of new pods otherwise wait in kwok's queue
+  # for their Running and Ready status.
+  cat >"$D/kwok.yaml" <<'CFG'
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options: {podPlayStageParallelism: 16, nodePlayStageParallelism: 4, nodeLeaseParallelism: 4, podsOnNodeSyncParallelism: 1}
+CFG
+  launch kwok "$BIN/kwok" --kubeconfig="$D/kubeconfig" --config="$BIN/kwok-stages.yaml" --config="$D/kwok.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr=10.244.0.0/16 --node-ip=192.0.2.10
-  # kwok has no health endpoint without --server-address; it is healthy once it made our node Ready.
-  "$KUBECTL" --kubeconfig="$D/kubeconfig" apply -f - >/dev/null <<'NODE'
+  ((KWOK_NODES >= 1 && KWOK_NODES <= 16)) || die "KWOK_NODES must be 1..16 (each node takes a /20 of 10.244.0.0/16), not '$KWOK_NODES'"
+  local i nodes=()
+  for ((i = 0; i < KWOK_NODES; i++)); do
+    cat <<NODE
+---
 apiVersion: v1
 kind: Node
 metadata:
-  name: kwok-node-0
+  name: kwok-node-$i
   annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
-  labels: {kubernetes.io/hostname: kwok-node-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
+  labels: {kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
 spec:
-  podCIDR: 10.244.0.0/20
-  podCIDRs: [10.244.0.0/20]
+  podCIDR: 10.244.$((16 * i)).0/20
+  podCIDRs: [10.244.$((16 * i)).0/20]
 status:
   allocatable: {cpu: "256", memory: 1Ti, pods: "4000"}
   capacity: {cpu: "256", memory: 1Ti, pods: "4000"}
 NODE
-  wait_for kwok "$KUBECTL" --kubeconfig="$D/kubeconfig" wait --for=condition=Ready node/kwok-node-0 --timeout=2s
+  done | "$KUBECTL" --kubeconfig="$D/kubeconfig" apply -f - >/dev/null
+  for ((i = 0; i < KWOK_NODES; i++)); do nodes+=("node/kwok-node-$i"); done
+  # kwok has no health endpoint without --server-address; it is healthy once it made our nodes Ready.
+  wait_for kwok "$KUBECTL" --kubeconfig="$D/kubeconfig" wait --for=condition=Ready "${nodes[@]}" --timeout=2s
 }
 
 start_redis() {
