@@ -240,10 +240,15 @@ pub struct RouteStateStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_state: Option<String>,
 
-    /// One entry per pod of the StatefulSet, by index.
+    /// The pods, by index: every pod of a StatefulSet of at most 100; of a larger one only those
+    /// that need a look (not Ready, or not published READY), at most 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["index".into()]))]
     pub pods: Vec<PodSummary>,
+
+    /// How many pods `pods` leaves out (a large StatefulSet's healthy pods, and any beyond 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_pods: Option<u32>,
 }
 
 /// What the operator publishes for one pod.
