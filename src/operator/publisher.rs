@@ -122,6 +122,11 @@ impl Publisher {
         self.leader.holds()
     }
 
+    /// Whether the publisher holds a plan for a RouteState.
+    pub fn holds_plan(&self, key: &ObjectRef<RouteState>) -> bool {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+
     /// The plan held for a RouteState.
     #[cfg(test)]
     pub(crate) fn plan(&self, key: &ObjectRef<RouteState>) -> Option<ServicePlan> {
@@ -130,8 +135,23 @@ impl Publisher {
 
     /// Sets the plan of a RouteState; a changed plan is published at once.
     pub fn set_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan) {
+        self.put_plan(key, plan, true);
+    }
+
+    /// Replaces the plan of a RouteState the publisher holds one for, of the same service, and
+    /// does nothing otherwise (a plan withdrawn, forgotten or never set is not brought back, and
+    /// a renamed service waits for the reconcile that settles its owner); returns whether it
+    /// replaced it. A changed plan is published at once.
+    pub fn replace_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan) -> bool {
+        self.put_plan(key, plan, false)
+    }
+
+    fn put_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan, insert: bool) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let changed = match entries.get_mut(&key) {
+            Some(e) if !insert && (&e.plan.namespace, &e.plan.service) != (&plan.namespace, &plan.service) => {
+                return false;
+            }
             Some(e) if e.plan == plan => false,
             Some(e) => {
                 if (e.plan.namespace.as_str(), e.plan.service.as_str())
@@ -145,6 +165,7 @@ impl Publisher {
                 e.dirty = true;
                 true
             }
+            None if !insert => return false,
             None => {
                 let dataset = DatasetWatch::new(&plan.namespace, &plan.service);
                 entries.insert(
@@ -165,6 +186,7 @@ impl Publisher {
         if changed {
             self.wake.notify_one();
         }
+        true
     }
 
     /// Stops publishing a RouteState without deleting anything now: its service's keys are
@@ -294,7 +316,7 @@ impl Publisher {
     async fn tick(&self) {
         let _w = self.writes.lock().await;
         let now = Instant::now();
-        let due: Vec<(ObjectRef<RouteState>, ServicePlan)> = {
+        let due: Vec<(ObjectRef<RouteState>, ServicePlan, bool)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             // A replica may hold plans of RouteStates deleted while it was a standby (it never
             // saw their cleanup): drop plans whose RouteState is gone from the cache.
@@ -304,7 +326,7 @@ impl Publisher {
             entries
                 .iter()
                 .filter(|(_, e)| e.dirty || e.next_due <= now)
-                .map(|(k, e)| (k.clone(), e.plan.clone()))
+                .map(|(k, e)| (k.clone(), e.plan.clone(), e.dirty))
                 .collect()
         };
         let mut orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
@@ -323,16 +345,30 @@ impl Publisher {
             return;
         }
         let started = std::time::Instant::now();
-        tracing::debug!(services = due.len(), orphans = orphans.len(), "publishing");
+        // Changed plans first, in a publish of their own: a drain must not wait behind the
+        // heartbeats of a whole fleet.
+        let (changed, heartbeats): (Vec<_>, Vec<_>) = due.into_iter().partition(|(_, _, dirty)| *dirty);
+        tracing::debug!(changed = changed.len(), heartbeats = heartbeats.len(), orphans = orphans.len(), "publishing");
         for (ns, svc) in orphans {
             if let Err(e) = self.store.remove_service(&ns, &svc).await {
                 tracing::warn!(service = %format!("{ns}/{svc}"), error = %e.chain(), "deleting the keys of a renamed service failed");
             }
         }
-        let plans: Vec<ServicePlan> = due.iter().map(|(_, p)| p.clone()).collect();
-        let results = self.store.publish(&plans).await;
+        for batch in [changed, heartbeats] {
+            if batch.is_empty() {
+                continue;
+            }
+            if !self.is_leader() {
+                return;
+            }
+            let batch: Vec<(ObjectRef<RouteState>, ServicePlan)> = batch.into_iter().map(|(k, p, _)| (k, p)).collect();
+            let plans: Vec<ServicePlan> = batch.iter().map(|(_, p)| p.clone()).collect();
+            let batch_started = std::time::Instant::now();
+            let results = self.store.publish(&plans).await;
+            tracing::debug!(services = plans.len(), elapsed_us = batch_started.elapsed().as_micros() as u64, "published");
+            self.record(now, batch, results);
+        }
         self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-        self.record(now, due, results);
         // A service published for the first time: learn its dataset now, not a second later, so
         // a loss right after the first publish is noticed too.
         let unknown = {

@@ -153,6 +153,15 @@ pub fn build(
     let ctx = Arc::new(Context::new(shared, pods, statefulsets, routestates.clone(), synced.clone()));
     let for_sts = routestates.clone();
     let failures = ctx.clone();
+    // A plan follows a changed spec or changed pod facts at once; the reconcile they trigger
+    // (Events, status) comes after.
+    let (by_spec, by_pods) = (ctx.clone(), ctx.clone());
+    let rs_stream = rs_stream.inspect(move |rs| {
+        if let Ok(rs) = rs {
+            reconcile::follow(&by_spec, &ObjectRef::from_obj(rs));
+        }
+    });
+    let pod_triggers = pod_triggers.inspect(move |key| reconcile::follow(&by_pods, key));
     let future = Controller::for_stream(rs_stream, routestates)
         .trigger_backoff(CappedBackoff::default())
         .watches_stream(sts_stream, move |sts: StatefulSet| {

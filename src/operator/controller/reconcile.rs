@@ -129,6 +129,26 @@ fn plan_for(rs: &RouteState, ns: &str, ctx: &Context) -> (ServicePlan, Option<De
     (plan, derived)
 }
 
+/// Hands the publisher a new plan for a RouteState whose inputs changed (its spec, or its pods'
+/// facts), without waiting for its reconcile: the controller runs one reconcile of an object at
+/// a time, and a running one may be waiting for its Events and status patch on a busy API server
+/// (a drain right after another, or pods that became Ready during a large scale-up, waited for
+/// that). Only a plan the publisher already holds for the same service is replaced: the
+/// reconcile settles the finalizer and the service's owner first (a renamed service waits for
+/// it), and the reconcile that the same change triggers does the rest.
+pub(super) fn follow(ctx: &Context, key: &ObjectRef<RouteState>) {
+    let Some(rs) = ctx.routestates.get(key) else { return };
+    let Some(ns) = rs.namespace() else { return };
+    if rs.meta().deletion_timestamp.is_some() || !ctx.publisher.holds_plan(key) {
+        return;
+    }
+    let (plan, _) = plan_for(&rs, &ns, ctx);
+    let pods = plan.pods.len();
+    if ctx.publisher.replace_plan(key.clone(), plan) {
+        tracing::debug!(routestate = %key, pods, "plan followed");
+    }
+}
+
 /// The RouteState of namespace `ns` that publishes Redis service `service` (see
 /// [`derive::service_owner`]), from the cache.
 fn owner_of(ctx: &Context, ns: &str, service: &str) -> Option<String> {
@@ -157,6 +177,7 @@ fn retrigger_service(ctx: &Context, ns: &str, service: &str, except: &ObjectRef<
 }
 
 async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
+    let started = std::time::Instant::now();
     let key = ObjectRef::from_obj(rs.as_ref());
     let service = rs.service_name();
     let owner = owner_of(ctx, ns, &service);
@@ -175,8 +196,9 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
 
     // Plan.
     let (plan, derived) = plan_for(&rs, ns, ctx);
-    tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), "reconciling");
     ctx.publisher.set_plan(key.clone(), plan.clone());
+    let plan_us = started.elapsed().as_micros() as u64;
+    tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), plan_us, "plan set");
 
     // Events.
     let mut notes =
@@ -192,6 +214,7 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         });
     }
     record(ctx, &rs, ns, notes).await;
+    let events_us = started.elapsed().as_micros() as u64 - plan_us;
 
     // Status.
     let (statefulset, sync) = (rs.stateful_set_name(), ctx.publisher.sync_state(&key));
@@ -205,10 +228,10 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
         owner: None,
         now: &Time(k8s_openapi::jiff::Timestamp::now()),
     });
-    if let Some(wait) = patch_status(&rs, ns, ctx, status).await? {
-        return Ok(Action::requeue(wait));
-    }
-    Ok(Action::requeue(RESYNC))
+    let waited = patch_status(&rs, ns, ctx, status).await?;
+    let status_us = started.elapsed().as_micros() as u64 - plan_us - events_us;
+    tracing::debug!(routestate = %key, plan_us, events_us, status_us, "reconciled");
+    Ok(Action::requeue(waited.unwrap_or(RESYNC)))
 }
 
 /// A RouteState whose service another, older RouteState publishes: it publishes nothing (its

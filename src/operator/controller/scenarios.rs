@@ -401,3 +401,46 @@ async fn status_changes_under_churn_wait_for_the_minimum_interval() {
     );
     assert_ne!(action, kube::runtime::controller::Action::await_change());
 }
+
+#[tokio::test]
+async fn a_plan_follows_its_inputs_without_a_reconcile() {
+    let mut f = Fixture::new(false).await;
+    f.with_statefulset(3);
+    let rs = f.routestate(false, None);
+    let key = ObjectRef::from_obj(rs.as_ref());
+    // Not reconciled yet: no plan is made up (the reconcile settles the finalizer and owner first).
+    reconcile::follow(&f.ctx, &key);
+    assert!(f.ctx.publisher.plan(&key).is_none());
+    f.reconcile(rs, async |_: &mut ApiServer| {}).await.unwrap();
+    assert_eq!(f.ctx.publisher.plan(&key).unwrap().pods.len(), 3);
+    // Pod 1 stops being Ready: the plan drops it with no reconcile and no API request.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "web-1", "namespace": "game", "labels": {"apps.kubernetes.io/pod-index": "1"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "game-web", "controller": true}]
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "False"}]}
+    }))
+    .unwrap();
+    assert!(!f.pods.apply(&watcher::Event::Apply(pod)).is_empty());
+    reconcile::follow(&f.ctx, &key);
+    assert_eq!(f.ctx.publisher.plan(&key).unwrap().pods.keys().copied().collect::<Vec<_>>(), [0, 2]);
+    // A drain in the spec: the same, at once.
+    let mut drained = (*f.routestate(false, None)).clone();
+    drained.spec.pods = serde_json::from_value(json!([{"index": 2, "routingState": "DenyNewCall"}])).unwrap();
+    f.routestates.apply_watcher_event(&watcher::Event::Apply(drained.clone()));
+    reconcile::follow(&f.ctx, &key);
+    let plan = f.ctx.publisher.plan(&key).unwrap();
+    assert_eq!(plan.pods.keys().copied().collect::<Vec<_>>(), [0, 2]);
+    assert_ne!(plan.pods[&2].floor, plan.pods[&0].floor, "pod 2 is drained: {plan:?}");
+    // A renamed service waits for the reconcile (it settles the new name's owner).
+    drained.spec.service_name = Some("renamed".into());
+    f.routestates.apply_watcher_event(&watcher::Event::Apply(drained));
+    reconcile::follow(&f.ctx, &key);
+    assert_eq!(f.ctx.publisher.plan(&key).unwrap().service, "web");
+    assert!(f.api.0.next_request().now_or_never().is_none(), "no API request");
+    // A withdrawn plan is not brought back.
+    f.ctx.publisher.forget(&key);
+    reconcile::follow(&f.ctx, &key);
+    assert!(f.ctx.publisher.plan(&key).is_none());
+}
