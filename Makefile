@@ -36,7 +36,7 @@ cluster-env: ## print the env file (source it: `source <(make -s cluster-env)`)
 cluster-status: ## exit 0 when the local cluster is healthy
 	hack/cluster.sh status
 
-bench: ## library benchmarks against a private redis-server (figures vs redis-benchmark, see docs/performance.md)
+bench: ## library benchmarks vs redis-benchmark, then the operator at fleet scale on a private cluster (SIZES="1000 5000 10000" for the full fleet; docs/performance.md)
 	cargo bench --bench library
 	cargo bench --bench system_publish
 	hack/bench-cluster.sh

@@ -13,71 +13,30 @@ Usage: bench-reports.py API TOKEN REDIS_PORT NAMESPACE SERVICES OPERATOR_PID API
 Prints "system/..." lines. Rates and durations: REPORT_RATES (annotation, default "50 150"),
 DIRECT_RATE (default 2000), REPORT_SECONDS (default 10).
 """
-import json
 import os
-import socket
-import ssl
 import statistics
 import sys
 import threading
 import time
-import urllib.request
+
+from benchlib import Api, Redis as RedisAt, cpu_seconds, pct
 
 api, token, rport, ns, services = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 op_pid, api_pid, redis_pid = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 RATES = [int(r) for r in os.environ.get("REPORT_RATES", "50 150").split()]
 DIRECT_RATE = int(os.environ.get("DIRECT_RATE", "2000"))
 SECONDS = float(os.environ.get("REPORT_SECONDS", "10"))
-HZ = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+Redis = lambda: RedisAt(rport)
 
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
+_local = threading.local()
 
 
 def patch(path, body):
-    r = urllib.request.Request(api + path, method="PATCH", data=json.dumps(body).encode(),
-                               headers={"Authorization": "Bearer " + token,
-                                        "Content-Type": "application/merge-patch+json"})
-    with urllib.request.urlopen(r, context=ctx, timeout=30) as resp:
-        resp.read()
-
-
-class Redis:
-    """A minimal RESP client (one connection, one command at a time)."""
-
-    def __init__(self):
-        self.s = socket.create_connection(("127.0.0.1", rport))
-        self.f = self.s.makefile("rb")
-
-    def call(self, *args):
-        args = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        self.s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
-        return self.read()
-
-    def read(self):
-        line = self.f.readline()
-        kind, rest = line[:1], line[1:].strip()
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.f.read(n + 2)[:-2].decode()
-        if kind == b"*":
-            return [self.read() for _ in range(int(rest))]
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        return rest.decode()
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+    # Reports are sent from many threads: a connection each.
+    if not hasattr(_local, "api"):
+        _local.api = Api(api, token)
+    _local.api.call("PATCH", path, body)
 
 
 def weighted(load):
