@@ -8,7 +8,9 @@
 #   - at rest: RouteState patch -> Redis p50/p99 and where its time goes, pod Ready -> routable,
 #     the operator's VmRSS and CPU per heartbeat period (beside Redis' CPU for the same writes);
 #   - during a 1 000-pod scale-up (10 more StatefulSets from 0 to 100, then back): the same
-#     latencies, over every new pod.
+#     latencies, over every new pod;
+#   - at the largest size, a restarted operator: until it published every pod again, and its
+#     footprint (peak included: it lists every pod at once).
 # At the first size also the server role's two report paths (hack/bench-reports.py): through
 # the pods' annotations and straight to Redis.
 # Each figure is the median over RUNS runs. Output lines start with "system/".
@@ -61,11 +63,14 @@ kubectl create namespace "$NS" >/dev/null
 # The operator starts first, so it sees the StatefulSets grow like a running operator does. Its
 # debug timings of each reconcile and publish (JSON) tell where a patch's time goes.
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-export OP_LOG=$CLUSTER_DIR/operator.log
-RUST_LOG=warn,routestate::operator::controller::reconcile=debug,routestate::operator::publisher=debug \
-  "$BIN" run --namespace "$NS" --redis-url "$REDIS_URL" --http-addr "127.0.0.1:$port" --log-format json \
-  >"$OP_LOG" 2>&1 &
-OP_PID=$!
+export OP_LOG=$CLUSTER_DIR/operator.log METRICS=http://127.0.0.1:$port/metrics
+start_operator() {
+  RUST_LOG=warn,routestate::operator::controller::reconcile=debug,routestate::operator::publisher=debug \
+    "$BIN" run --namespace "$NS" --redis-url "$REDIS_URL" --http-addr "127.0.0.1:$port" --log-format json \
+    >>"$OP_LOG" 2>&1 &
+  OP_PID=$!
+}
+start_operator
 export OP_PID REDIS_PID=$(cat "$CLUSTER_DIR/pids/redis.pid")
 
 first=1
@@ -80,5 +85,11 @@ for n in $SIZES; do
   log "$n pods and a $UP-pod scale-up"
   python3 hack/bench-fleet.py scaleup "$n"
 done
+# A new operator process on the largest fleet: it lists every pod at once.
+log "$max pods: the operator restarted"
+kill "$OP_PID" && wait "$OP_PID" || true
+start_operator
+export OP_PID
+python3 hack/bench-fleet.py restarted "$max"
 kill -0 "$OP_PID" || { log "the operator exited; its log: $OP_LOG"; exit 1; }
 log "done"

@@ -5,6 +5,8 @@
                              RouteState), then measure it at rest
   bench-fleet.py scaleup N   measure the same while 1 000 more pods start (10 StatefulSets
                              scaled from 0 to 100), then scale them back to 0
+  bench-fleet.py restarted N the operator was just restarted on N pods: until it published them
+                             all again, and its footprint then (peak included)
 
 Measured, each beside the API server's own round trip in the same window:
 - RouteState patch -> Redis: from sending a drain (spec.pods[].routingState) until Redis shows
@@ -19,7 +21,7 @@ Measured, each beside the API server's own round trip in the same window:
 - Footprint at rest: the operator's VmRSS, and its CPU per heartbeat period beside Redis' CPU
   for the same writes (from /proc).
 
-Environment: API, ADMIN_TOKEN, REDIS_PORT, NS, OP_PID, REDIS_PID, OP_LOG, PERIOD, RUNS (3),
+Environment: API, ADMIN_TOKEN, REDIS_PORT, NS, OP_PID, REDIS_PID, OP_LOG, METRICS, PERIOD, RUNS (3),
 PATCHES (20 per run, each two transitions). Prints "system/..." lines; progress on stderr.
 """
 import bisect
@@ -32,6 +34,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 
 from benchlib import Api, Redis, cpu_seconds, pct, rss_kib
 
@@ -197,7 +200,7 @@ def operator_timings():
                 plans.setdefault(name, []).append((parse_ts(e["timestamp"]), "follow" if msg == "plan followed" else "reconcile"))
             elif msg == "published":
                 end = parse_ts(e["timestamp"])
-                publishes.append((end - e["elapsed_us"] / 1e6, end))
+                publishes.append((end - e["tick_us"] / 1e6, end))
     publishes.sort()
     return plans, publishes
 
@@ -212,7 +215,7 @@ def phases(samples):
         if not lines:
             continue
         plan_t, how = min(lines)
-        # The first publish that began after the plan was set (changed plans go first).
+        # The first publish of a tick that began after the plan was set (changed plans go first).
         i = bisect.bisect_left(starts, plan_t - 0.0005)
         if i == len(publishes) or publishes[i][1] > s["t_redis"] + 0.05:
             continue
@@ -325,7 +328,30 @@ def steady(n):
     footprint(n)
 
 
-def footprint(n):
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def published_by_operator():
+    """The pods the operator has published since it started (its routestate_published_pods)."""
+    with urllib.request.urlopen(os.environ["METRICS"], timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("routestate_published_pods{"))
+
+
+def restarted(n):
+    """The operator was just restarted on a fleet of n pods: how long until it published every
+    pod again, and its footprint then (its peak too: the first list of every pod)."""
+    t = time.time()
+    wait(lambda: published_by_operator() >= n, 600, "the restarted operator to publish %d pods" % n, every=0.2)
+    took = time.time() - t
+    print("system/fleet_restart %d pods: the restarted operator published every pod %.1f s after it started; "
+          "its VmHWM (peak) %.1f MiB (goal <= 96 MiB at 10 000)" % (n, took, vm_hwm_kib(OP_PID) / 1024))
+    footprint(n, "after a restart")
+
+
+def footprint(n, when="steady"):
     rss, cpu, rcpu = [], [], []
     for _ in range(RUNS):
         c0, r0, t0 = cpu_seconds(OP_PID), cpu_seconds(REDIS_PID), time.time()
@@ -336,10 +362,11 @@ def footprint(n):
         rcpu.append((r1 - r0) / periods)
         rss.append(rss_kib(OP_PID))
     c, rc, m = statistics.median(cpu), statistics.median(rcpu), statistics.median(rss)
-    print("system/fleet_footprint %d pods: operator VmRSS %.1f MiB (%.1f KiB per pod with the process base; goal <= 96 MiB at 10 000), "
-          "CPU %.1f ms per heartbeat period = %.2f x Redis' %.1f ms for the same writes (every pod republished each "
-          "%d s; median of %d windows of 3 periods)"
-          % (n, m / 1024, m / n, ms(c), c / rc if rc else float("nan"), ms(rc), PERIOD, RUNS))
+    print("system/fleet_footprint %d pods, %s: operator VmRSS %.1f MiB (%.1f KiB per pod with the process base; "
+          "goal <= 96 MiB at 10 000), peak VmHWM %.1f MiB; CPU %.1f ms per heartbeat period = %.2f x Redis' %.1f ms "
+          "for the same writes (every pod republished each %d s; median of %d windows of 3 periods)"
+          % (n, when, m / 1024, m / n, vm_hwm_kib(OP_PID) / 1024, ms(c), c / rc if rc else float("nan"), ms(rc),
+             PERIOD, RUNS))
 
 
 def poll_routable(ups, found, done):
@@ -421,7 +448,7 @@ def main():
         w.start()
     for w in watches:
         w.ready.wait(60) or sys.exit("bench-fleet: the watch of %s did not start" % w.path)
-    {"steady": steady, "scaleup": scaleup}[cmd](n)
+    {"steady": steady, "scaleup": scaleup, "restarted": restarted}[cmd](n)
 
 
 if __name__ == "__main__":
