@@ -69,6 +69,7 @@ start_operator() {
     "$BIN" run --namespace "$NS" --redis-url "$REDIS_URL" --http-addr "127.0.0.1:$port" --log-format json \
     >>"$OP_LOG" 2>&1 &
   OP_PID=$!
+  OP_STARTED=$(date +%s.%N)
 }
 start_operator
 export OP_PID REDIS_PID=$(cat "$CLUSTER_DIR/pids/redis.pid")
@@ -89,7 +90,7 @@ done
 log "$max pods: the operator restarted"
 kill "$OP_PID" && wait "$OP_PID" || true
 start_operator
-export OP_PID
+export OP_PID OP_STARTED
 python3 hack/bench-fleet.py restarted "$max"
 kill -0 "$OP_PID" || { log "the operator exited; its log: $OP_LOG"; exit 1; }
 log "done"

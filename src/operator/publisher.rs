@@ -133,15 +133,16 @@ impl Publisher {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).map(|e| e.plan.clone())
     }
 
-    /// Sets the plan of a RouteState; a changed plan is published at once.
-    pub fn set_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan) {
-        self.put_plan(key, plan, true);
+    /// Sets the plan of a RouteState; a changed plan is published at once. Returns whether it
+    /// changed.
+    pub fn set_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan) -> bool {
+        self.put_plan(key, plan, true)
     }
 
     /// Replaces the plan of a RouteState the publisher holds one for, of the same service, and
     /// does nothing otherwise (a plan withdrawn, forgotten or never set is not brought back, and
-    /// a renamed service waits for the reconcile that settles its owner); returns whether it
-    /// replaced it. A changed plan is published at once.
+    /// a renamed service waits for the reconcile that settles its owner); returns whether the
+    /// plan changed. A changed plan is published at once.
     pub fn replace_plan(&self, key: ObjectRef<RouteState>, plan: ServicePlan) -> bool {
         self.put_plan(key, plan, false)
     }
@@ -186,7 +187,7 @@ impl Publisher {
         if changed {
             self.wake.notify_one();
         }
-        true
+        changed
     }
 
     /// Stops publishing a RouteState without deleting anything now: its service's keys are

@@ -145,7 +145,7 @@ pub(super) fn follow(ctx: &Context, key: &ObjectRef<RouteState>) {
     let (plan, _) = plan_for(&rs, &ns, ctx);
     let pods = plan.pods.len();
     if ctx.publisher.replace_plan(key.clone(), plan) {
-        tracing::debug!(routestate = %key, pods, "plan followed");
+        tracing::debug!(routestate = %key, pods, changed = true, "plan followed");
     }
 }
 
@@ -196,9 +196,9 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
 
     // Plan.
     let (plan, derived) = plan_for(&rs, ns, ctx);
-    ctx.publisher.set_plan(key.clone(), plan.clone());
+    let changed = ctx.publisher.set_plan(key.clone(), plan.clone());
     let plan_us = started.elapsed().as_micros() as u64;
-    tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), plan_us, "plan set");
+    tracing::debug!(routestate = %key, pods = plan.pods.len(), statefulset_found = derived.is_some(), changed, plan_us, "plan set");
 
     // Events.
     let mut notes =

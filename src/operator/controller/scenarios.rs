@@ -144,17 +144,13 @@ impl Fixture {
         .unwrap();
         self.statefulsets.apply_watcher_event(&watcher::Event::Apply(set));
         for i in 0..replicas {
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {
-                    "name": format!("{sts}-{i}"), "namespace": ns,
-                    "labels": {"apps.kubernetes.io/pod-index": i.to_string()},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts, "uid": format!("{ns}-{sts}"), "controller": true}]
-                },
-                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
-            }))
-            .unwrap();
-            self.pods.apply(&watcher::Event::Apply(pod));
+            self.pods.apply(&watcher::Event::Apply(pod(ns, sts, i, true)));
         }
+    }
+
+    /// Pod `i` of `game/web` stops being Ready; its facts change.
+    fn pod_unready(&mut self, i: u32) {
+        assert!(!self.pods.apply(&watcher::Event::Apply(pod("game", "web", i, false))).is_empty());
     }
 
     /// Puts RouteState `game/web` in the cache and returns it.
@@ -211,6 +207,19 @@ impl Fixture {
         let mut conn = self.redis.conn();
         redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap()
     }
+}
+
+/// Pod `i` of StatefulSet `sts` in `ns`, Ready or not.
+fn pod(ns: &str, sts: &str, i: u32, ready: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{sts}-{i}"), "namespace": ns,
+            "labels": {"apps.kubernetes.io/pod-index": i.to_string()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts, "uid": format!("{ns}-{sts}"), "controller": true}]
+        },
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    }))
+    .unwrap()
 }
 
 /// One side of the scripted API: expects a request, checks it, answers it.
@@ -371,15 +380,7 @@ async fn status_changes_under_churn_wait_for_the_minimum_interval() {
     let mut f = Fixture::new(true).await;
     let sent = f.first_status_patch(2).await;
     // Pod 1 stops being Ready right after: its Event is told at once, the status waits.
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": "web-1", "namespace": "game", "labels": {"apps.kubernetes.io/pod-index": "1"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "game-web", "controller": true}]
-        },
-        "status": {"conditions": [{"type": "Ready", "status": "False"}]}
-    }))
-    .unwrap();
-    assert!(!f.pods.apply(&watcher::Event::Apply(pod)).is_empty());
+    f.pod_unready(1);
     let rs = f.routestate(true, Some(sent["status"].clone()));
     let mut event = Value::Null;
     let action = f
@@ -414,15 +415,7 @@ async fn a_plan_follows_its_inputs_without_a_reconcile() {
     f.reconcile(rs, async |_: &mut ApiServer| {}).await.unwrap();
     assert_eq!(f.ctx.publisher.plan(&key).unwrap().pods.len(), 3);
     // Pod 1 stops being Ready: the plan drops it with no reconcile and no API request.
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": "web-1", "namespace": "game", "labels": {"apps.kubernetes.io/pod-index": "1"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "game-web", "controller": true}]
-        },
-        "status": {"conditions": [{"type": "Ready", "status": "False"}]}
-    }))
-    .unwrap();
-    assert!(!f.pods.apply(&watcher::Event::Apply(pod)).is_empty());
+    f.pod_unready(1);
     reconcile::follow(&f.ctx, &key);
     assert_eq!(f.ctx.publisher.plan(&key).unwrap().pods.keys().copied().collect::<Vec<_>>(), [0, 2]);
     // A drain in the spec: the same, at once.
