@@ -15,7 +15,7 @@
 # the pods' annotations and straight to Redis.
 # Each figure is the median over RUNS runs. Output lines start with "system/".
 #
-#   hack/bench-cluster.sh                              SIZES=1000 (a few minutes), RUNS=3
+#   hack/bench-cluster.sh                              SIZES=1000 (about 8 minutes), RUNS=3
 #   SIZES="1000 5000 10000" hack/bench-cluster.sh      the full fleet, by hand (about half an hour)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
