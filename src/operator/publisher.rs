@@ -317,19 +317,21 @@ impl Publisher {
     async fn tick(&self) {
         let _w = self.writes.lock().await;
         let now = Instant::now();
-        let due: Vec<(ObjectRef<RouteState>, ServicePlan, bool)> = {
+        // What is due, the changed plans apart: they are published first, in a publish of their
+        // own, so a drain does not wait behind the heartbeats of a whole fleet.
+        let (mut changed, mut heartbeats) = (Vec::new(), Vec::new());
+        {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             // A replica may hold plans of RouteStates deleted while it was a standby (it never
             // saw their cleanup): drop plans whose RouteState is gone from the cache.
             if let Some(store) = self.routestates.get() {
                 entries.retain(|k, _| store.get(k).is_some());
             }
-            entries
-                .iter()
-                .filter(|(_, e)| e.dirty || e.next_due <= now)
-                .map(|(k, e)| (k.clone(), e.plan.clone(), e.dirty))
-                .collect()
-        };
+            for (k, e) in entries.iter().filter(|(_, e)| e.dirty || e.next_due <= now) {
+                let batch = if e.dirty { &mut changed } else { &mut heartbeats };
+                batch.push((k.clone(), e.plan.clone()));
+            }
+        }
         let mut orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
         {
             // A service another RouteState publishes now is not an orphan: it took it over.
@@ -338,7 +340,7 @@ impl Publisher {
             orphans.sort();
             orphans.dedup();
         }
-        if due.is_empty() && orphans.is_empty() {
+        if changed.is_empty() && heartbeats.is_empty() && orphans.is_empty() {
             return;
         }
         // Stop at once if the lease was lost meanwhile.
@@ -346,9 +348,6 @@ impl Publisher {
             return;
         }
         let started = std::time::Instant::now();
-        // Changed plans first, in a publish of their own: a drain must not wait behind the
-        // heartbeats of a whole fleet.
-        let (changed, heartbeats): (Vec<_>, Vec<_>) = due.into_iter().partition(|(_, _, dirty)| *dirty);
         tracing::debug!(changed = changed.len(), heartbeats = heartbeats.len(), orphans = orphans.len(), "publishing");
         for (ns, svc) in orphans {
             if let Err(e) = self.store.remove_service(&ns, &svc).await {
@@ -362,7 +361,6 @@ impl Publisher {
             if !self.is_leader() {
                 return;
             }
-            let batch: Vec<(ObjectRef<RouteState>, ServicePlan)> = batch.into_iter().map(|(k, p, _)| (k, p)).collect();
             let plans: Vec<ServicePlan> = batch.iter().map(|(_, p)| p.clone()).collect();
             let results = self.store.publish(&plans).await;
             // Since the tick chose what is due: a plan set before then is in this tick.
