@@ -62,7 +62,7 @@ kubectl create namespace "$NS" >/dev/null
 
 # The operator starts first, so it sees the StatefulSets grow like a running operator does. Its
 # debug timings of each reconcile and publish (JSON) tell where a patch's time goes.
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+port=$("$ROOT/hack/free-port")
 export OP_LOG=$CLUSTER_DIR/operator.log METRICS=http://127.0.0.1:$port/metrics
 start_operator() {
   RUST_LOG=warn,routestate::operator::controller::reconcile=debug,routestate::operator::publisher=debug \

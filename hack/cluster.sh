@@ -21,25 +21,9 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok redi
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-# A Redis Cluster node also listens on port+10000 (its cluster bus), so both must be free.
-free_cluster_port() {
-  python3 - <<'PY'
-import random, socket
-def free(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-while True:
-    p = random.randint(20000, 55535)
-    if free(p) and free(p + 10000):
-        print(p); break
-PY
-}
+# Ports for servers started later: from below the ephemeral range, all of one config in one call
+# so that none is handed out twice (hack/free-port says why).
+free_ports() { "$ROOT/hack/free-port" "$@" | tr '\n' ' '; }
 
 # shellcheck source=hack/node.sh
 source "$ROOT/hack/node.sh"
@@ -77,9 +61,12 @@ init_config() {
   [[ -f $D/config ]] && return 0
   mkdir -p "$D/pki" "$D/logs" "$D/pids"
   {
-    echo "ETCD_PORT=$(free_port)"; echo "ETCD_PEER_PORT=$(free_port)"; echo "API_PORT=$(free_port)"
-    echo "KCM_PORT=$(free_port)"; echo "SCHED_PORT=$(free_port)"; echo "REDIS_PORT=$(free_port)"
-    echo "REDIS_CLUSTER_PORTS=\"$(free_cluster_port) $(free_cluster_port) $(free_cluster_port)\""
+    # A Redis Cluster node also listens on port+10000 (its cluster bus): --bus keeps those free too.
+    local ports; read -ra ports <<<"$(free_ports 9 --bus)"
+    ((${#ports[@]} == 9)) || die "no 9 free loopback ports for $D"
+    echo "ETCD_PORT=${ports[0]}"; echo "ETCD_PEER_PORT=${ports[1]}"; echo "API_PORT=${ports[2]}"
+    echo "KCM_PORT=${ports[3]}"; echo "SCHED_PORT=${ports[4]}"; echo "REDIS_PORT=${ports[5]}"
+    echo "REDIS_CLUSTER_PORTS=\"${ports[*]:6:3}\""
     echo "ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
   } >"$D/config.tmp"
   mv "$D/config.tmp" "$D/config"

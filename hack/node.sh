@@ -47,8 +47,10 @@ node_init_config() {
     echo "NODE_NAME=10.201.$n.1"
     echo "NODE_BRIDGE=rsbr-$id"
     echo "NODE_CGROUP=routestate-$id"
-    echo "KUBELET_PORT=$(free_port)"
-    echo "KUBELET_HEALTHZ_PORT=$(free_port)"
+    local ports; read -ra ports <<<"$(free_ports 2)"
+    ((${#ports[@]} == 2)) || die "no 2 free loopback ports for $D"
+    echo "KUBELET_PORT=${ports[0]}"
+    echo "KUBELET_HEALTHZ_PORT=${ports[1]}"
   } >"$D/node.config"
 }
 

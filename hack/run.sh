@@ -228,7 +228,7 @@ kubectl wait --for=condition=Established crd/routestates.routestate.dev --timeou
 ensure_namespace
 
 # 3. The operator, in the background, watching only $NS.
-HTTP_ADDR=${RUN_HTTP_ADDR:-127.0.0.1:$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
+HTTP_ADDR=${RUN_HTTP_ADDR:-127.0.0.1:$("$ROOT/hack/free-port")}
 say "starting the operator (log: $OP_LOG)"
 # In a session of its own: a terminal's Ctrl-C reaches the whole foreground process group, and
 # the operator must outlive it long enough to run the finalizer of the example's RouteState

@@ -5,13 +5,23 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 /// Key space of `__rand_int__` in redis-benchmark commands.
 pub const RANDOM_KEYS: usize = 100_000;
+
+/// A free loopback port from `hack/free-port`: below the ephemeral range, where no outgoing
+/// connection takes it before the server binds it.
+fn free_port() -> u16 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/free-port");
+    let out = Command::new(script).output().unwrap_or_else(|e| panic!("running {script}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{script} printed {text:?}: {}", String::from_utf8_lossy(&out.stderr)))
+}
 
 pub struct RedisServer {
     child: Child,
@@ -37,7 +47,7 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments.
     pub fn start_with(args: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
+        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"])

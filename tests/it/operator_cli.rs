@@ -15,6 +15,7 @@ use crate::{
     cluster_smoke::statefulset,
     support::{
         self, TestNamespace,
+        faults::free_port,
         operator::{install_crd, states},
     },
 };
@@ -39,10 +40,6 @@ async fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
     s.read_to_string(&mut buf).await.map_err(|e| e.to_string())?;
     let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(buf.clone())?;
     Ok((code, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

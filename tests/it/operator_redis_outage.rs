@@ -16,15 +16,12 @@ use crate::{
     cluster_smoke::statefulset,
     support::{
         self, TestNamespace,
+        faults::free_port,
         operator::{install_crd, start_operator_with, states},
     },
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 async fn redis_server(port: u16) -> Child {
     let child = Command::new("redis-server")

@@ -39,9 +39,60 @@ impl Drop for TempDir {
     }
 }
 
-/// A free loopback TCP port (bound and released; the race with other processes is accepted).
+/// A free loopback TCP port for a server started later. It comes from below the kernel's
+/// ephemeral range, as `hack/free-port`'s do: a port found by binding port 0 is an ephemeral one,
+/// and any outgoing connection may take it before the server binds it. The ports handed out in
+/// this process follow one another from a start that differs per process, so two tests never
+/// get the same one (the race with other processes' unbound ports is accepted).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding port 0")
+    free_port_where(|_| true)
+}
+
+/// A Redis Cluster node also listens on port + 10000, its cluster bus.
+pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A free port whose cluster bus port is free as well.
+pub fn free_cluster_port() -> u16 {
+    free_port_where(|p| port_is_free(p + CLUSTER_BUS_OFFSET))
+}
+
+fn free_port_where(also: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Both a port and its bus port stay below the ephemeral range.
+    let high = ephemeral_start() - u32::from(CLUSTER_BUS_OFFSET);
+    assert!(
+        high > LOW + 1000,
+        "the ephemeral port range starts at {}, too low to pick ports below it",
+        ephemeral_start()
+    );
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if port_is_free(port) && also(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The first port of the kernel's ephemeral range (32768 where it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Polls `ok` every 50 ms until it holds or `timeout` passes; panics naming `what`.

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use super::faults::{TempDir, TlsFiles, free_port, wait_sync};
+use super::faults::{TempDir, TlsFiles, free_cluster_port, free_port, wait_sync};
 
 /// A `redis-server` (or sentinel) process on a fixed loopback port.
 pub struct RedisNode {
@@ -47,16 +47,6 @@ pub fn tls_args(port: u16, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
     .into_iter()
     .flat_map(|(k, v)| [format!("--{k}"), v])
     .collect()
-}
-
-/// A free port whose +10000 (a cluster node's bus port) is free as well.
-pub fn free_cluster_port() -> u16 {
-    loop {
-        let p = free_port();
-        if p < 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-            return p;
-        }
-    }
 }
 
 /// The same settings as sentinel config lines.
