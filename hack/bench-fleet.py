@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import queue
 import os
+import re
 import statistics
 import sys
 import threading
@@ -230,6 +231,44 @@ def phases(samples):
     return out
 
 
+# The verbs of apiserver_request_total that write.
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+
+
+def api_writes():
+    """The API server's write requests so far, from its /metrics: (all, Events, RouteState status)."""
+    total = events = status = 0.0
+    for line in api.raw("GET", "/metrics").decode(errors="replace").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        verb = re.search(r'verb="([A-Z]+)"', labels)
+        if not verb or verb.group(1) not in WRITE_VERBS:
+            continue
+        total += float(value)
+        if 'resource="events"' in labels:
+            events += float(value)
+        elif 'resource="routestates"' in labels and 'subresource="status"' in labels:
+            status += float(value)
+    return total, events, status
+
+
+def operator_events(t0, t1):
+    """How many Events the operator's reconciles recorded between t0 and t1 (its debug log)."""
+    n = 0
+    with open(OP_LOG, errors="replace") as f:
+        for line in f:
+            if '"reconciled"' not in line or not line.startswith("{"):
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if t0 <= parse_ts(e["timestamp"]) <= t1:
+                n += e.get("events", 0)
+    return n
+
+
 # --- the probes ---
 
 def transition(svc, idx, state, want, before, r, samples, gets):
@@ -409,6 +448,7 @@ def scaleup(n):
                     return len(routable_at)
                 routable_at.setdefault(name, t)
 
+        writes_before = api_writes()
         t_start = time.time()
         for s in ups:
             scale(s, PER_SET)
@@ -417,6 +457,11 @@ def scaleup(n):
         patch_samples(base, 0, run, samples, gets, stop=lambda: drain() >= total or time.time() - t_start > 900)
         wait(lambda: drain() >= total, 900, "%d new pods routable" % total, every=0.05)
         t_all = max(routable_at.values()) - t_start
+        t_end = time.time()
+        total_w, events_w, status_w = (a - b for a, b in zip(api_writes(), writes_before))
+        # The operator's share of the API server's writes while the pods started: its Events and
+        # its RouteState status patches (the only client that writes those).
+        own = operator_events(t_start, t_end) + status_w
         with lock:
             lags = [max(0.0, routable_at[p] - ready_at[p]) for p in routable_at if p in ready_at]
             t_ready = max(ready_at[p] for p in routable_at if p in ready_at) - t_start
@@ -425,7 +470,9 @@ def scaleup(n):
         log("scale-up %d: %d pods Ready in %.0f s, routable in %.0f s, %d patch samples"
             % (run, total, t_ready, t_all, len(samples)))
         runs.append({"e2e": summary([s["e2e"] for s in samples]), "get": summary(gets), "ready": summary(lags),
-                     "t_ready": (t_ready, 0), "t_all": (t_all, 0), "n": (len(samples), 0)})
+                     "t_ready": (t_ready, 0), "t_all": (t_all, 0), "n": (len(samples), 0),
+                     "writes": (total_w / (t_end - t_start), 0), "events": (events_w, 0),
+                     "own_events": (own - status_w, 0), "own_status": (status_w, 0), "share": (own / total_w, 0)})
         all_phases.append(phases(samples))
         for s in ups:
             scale(s, 0)
@@ -440,6 +487,10 @@ def scaleup(n):
     print("system/fleet_ready_to_routable %d pods, during the scale-up: p50 %.1f ms, p99 %.1f ms = %.1f / %.1f x the "
           "API GET, over all %d new pods; all Ready %.1f s and all routable %.1f s after the scale-up began (median of %d)"
           % (n, ms(r50), ms(r99), r50 / g50, r99 / g99, total, med(runs, "t_ready", 0), med(runs, "t_all", 0), RUNS))
+    print("system/fleet_api_writes %d pods, during the scale-up: the API server took %.0f writes/s from all clients "
+          "(%.0f Events); the operator's were %.0f Events and %.0f RouteState status patches = %.1f %% of all writes "
+          "(median of %d)" % (n, med(runs, "writes", 0), med(runs, "events", 0), med(runs, "own_events", 0),
+                              med(runs, "own_status", 0), 100 * med(runs, "share", 0), RUNS))
 
 
 def main():

@@ -49,6 +49,9 @@ class Api:
         self.token = token
 
     def call(self, method, path, body=None, ctype="application/merge-patch+json"):
+        return json.loads(self.raw(method, path, body, ctype) or b"{}")
+
+    def raw(self, method, path, body=None, ctype="application/merge-patch+json"):
         headers = {"Authorization": "Bearer " + self.token, "Content-Type": ctype}
         data = None if body is None else json.dumps(body).encode()
         for attempt in (0, 1):
@@ -64,7 +67,7 @@ class Api:
                     raise
         if resp.status >= 300:
             raise RuntimeError("%s %s: HTTP %d %s" % (method, path, resp.status, text[:300].decode(errors="replace")))
-        return json.loads(text or b"{}")
+        return text
 
 
 def cpu_seconds(pid):

@@ -213,6 +213,7 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
             note,
         });
     }
+    let events = notes.len();
     record(ctx, &rs, ns, notes).await;
     let events_us = started.elapsed().as_micros() as u64 - plan_us;
 
@@ -230,7 +231,7 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
     });
     let waited = patch_status(&rs, ns, ctx, status).await?;
     let status_us = started.elapsed().as_micros() as u64 - plan_us - events_us;
-    tracing::debug!(routestate = %key, plan_us, events_us, status_us, "reconciled");
+    tracing::debug!(routestate = %key, events, plan_us, events_us, status_us, "reconciled");
     Ok(Action::requeue(waited.unwrap_or(RESYNC)))
 }
 
