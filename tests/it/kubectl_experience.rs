@@ -109,8 +109,8 @@ async fn kubectl_get_describe_explain_and_wait() {
             "Observed Generation:",
             "Events:",
             "RoutingChanged",
-            // One Event per pod and outcome (kube's Recorder folds same reason/action/related
-            // into one series), so the drain of pod 1 has its own line.
+            // One Event per transition and reconcile (kube's Recorder folds same reason/action/
+            // related into one series), so the drain of pod 1 has its own line.
             "DENY_NEW_CALL",
             "MalformedAnnotation",
         ];

@@ -26,9 +26,12 @@ pub struct Seen {
     service: Option<(String, Option<String>)>,
 }
 
+/// The longest note an Event may have (the API server refuses a longer one).
+pub const NOTE_MAX_BYTES: usize = 1024;
+
 /// One Event to record: kube's Recorder folds Events with the same reason, action and related
-/// object into one series (keeping the first note), so each names its pod as the related object
-/// and its outcome as the action.
+/// object into one series (keeping the first note), so each names its (first) pod as the related
+/// object and its outcome as the action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     /// Normal or Warning.
@@ -90,17 +93,7 @@ impl Seen {
                 .unwrap_or_else(|| pod_index::pod_name(statefulset, index))
         };
         let changes = self.publish.as_ref().map(|before| derive::routing_changes(before, pods)).unwrap_or_default();
-        let name = |s: Option<RoutingState>| s.map_or("not published", |s| s.wire_name());
-        notes.extend(changes.into_iter().map(|(index, before, after)| {
-            let pod = pod_name(index);
-            Note {
-                type_: EventType::Normal,
-                reason: ROUTING_CHANGED,
-                action: after.map_or("Unpublish".to_owned(), |s| format!("Publish{}", s.kube_name())),
-                note: format!("pod {pod} (index {index}) of service {service}: {} -> {}", name(before), name(after)),
-                pod: Some(pod),
-            }
-        }));
+        notes.extend(routing_changed(service, changes.into_iter().map(|(i, b, a)| (i, pod_name(i), b, a))));
         self.publish = Some(pods.clone());
         notes
     }
@@ -119,6 +112,70 @@ impl Seen {
                 "RouteState {owner} also names service {service} and is older: it publishes the service, this one publishes nothing until it goes away"
             ),
         })
+    }
+}
+
+/// The Normal Events of one reconcile's routing changes (index, pod, before, after), in index
+/// order: one per transition (before -> after), however many pods made it. A StatefulSet that
+/// scales by a hundred pods is told in a few Events, not a hundred writes to a busy API server.
+/// A note names its pods while they fit in [`NOTE_MAX_BYTES`] and counts the rest.
+fn routing_changed(
+    service: &str,
+    changes: impl IntoIterator<Item = (u32, String, Option<RoutingState>, Option<RoutingState>)>,
+) -> Vec<Note> {
+    type Transition = (Option<RoutingState>, Option<RoutingState>);
+    let mut groups: Vec<(Transition, Vec<(u32, String)>)> = Vec::new();
+    for (index, pod, before, after) in changes {
+        match groups.iter_mut().find(|(t, _)| *t == (before, after)) {
+            Some((_, pods)) => pods.push((index, pod)),
+            None => groups.push(((before, after), vec![(index, pod)])),
+        }
+    }
+    let name = |s: Option<RoutingState>| s.map_or("not published", |s| s.wire_name());
+    groups
+        .into_iter()
+        .map(|((before, after), pods)| {
+            let transition = format!("{} -> {}", name(before), name(after));
+            let note = match pods.as_slice() {
+                [(index, pod)] => format!("pod {pod} (index {index}) of service {service}: {transition}"),
+                _ => {
+                    let head = format!("{} pods of service {service}: {transition}: ", pods.len());
+                    let names: Vec<&str> = pods.iter().map(|(_, pod)| pod.as_str()).collect();
+                    name_within(&head, &names, NOTE_MAX_BYTES)
+                }
+            };
+            Note {
+                type_: EventType::Normal,
+                reason: ROUTING_CHANGED,
+                action: after.map_or("Unpublish".to_owned(), |s| format!("Publish{}", s.kube_name())),
+                note,
+                pod: pods.into_iter().next().map(|(_, pod)| pod),
+            }
+        })
+        .collect()
+}
+
+/// `head` followed by the comma-separated `names`; when they do not all fit in `max` bytes, as
+/// many as fit beside an "and N more" that counts the others.
+fn name_within(head: &str, names: &[&str], max: usize) -> String {
+    let all = format!("{head}{}", names.join(", "));
+    if all.len() <= max {
+        return all;
+    }
+    let tail = |shown: usize| format!("{}and {} more", if shown == 0 { "" } else { ", " }, names.len() - shown);
+    let mut listed = head.len();
+    let mut fits = None;
+    for shown in 0..names.len() {
+        if shown > 0 {
+            listed += names[shown - 1].len() + if shown > 1 { 2 } else { 0 };
+        }
+        if listed + tail(shown).len() <= max {
+            fits = Some(shown);
+        }
+    }
+    match fits {
+        Some(shown) => format!("{head}{}{}", names[..shown].join(", "), tail(shown)),
+        None => head.to_owned(),
     }
 }
 
@@ -162,6 +219,78 @@ mod tests {
             (EventType::Normal, ROUTING_CHANGED, "Unpublish", Some("web-1"))
         );
         assert_eq!(n.note, "pod web-1 (index 1) of service web: READY -> not published");
+    }
+
+    #[test]
+    fn a_scale_up_is_one_event_per_transition_naming_its_pods() {
+        let mut seen = Seen::default();
+        let two = derived(&[facts(0, true), facts(1, true)]);
+        seen.publishing("web", "web", Some(&two), &two.plan("ns", "web", &spec()).pods);
+        // Pods 2..=5 come up Ready, pod 1 stops being Ready: two transitions, two Events.
+        let mut pods: Vec<PodFacts> = (0..6).map(|i| facts(i, true)).collect();
+        pods[1].ready = false;
+        let after = derived(&pods);
+        let notes = seen.publishing("web", "web", Some(&after), &after.plan("ns", "web", &spec()).pods);
+        let got: Vec<_> = notes.iter().map(|n| (n.action.as_str(), n.pod.as_deref(), n.note.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("Unpublish", Some("web-1"), "pod web-1 (index 1) of service web: READY -> not published"),
+                (
+                    "PublishReady",
+                    Some("web-2"),
+                    "4 pods of service web: not published -> READY: web-2, web-3, web-4, web-5"
+                ),
+            ]
+        );
+        assert!(notes.iter().all(|n| (n.type_, n.reason) == (EventType::Normal, ROUTING_CHANGED)));
+    }
+
+    #[test]
+    fn a_note_of_many_pods_names_what_fits_and_counts_the_rest() {
+        let changes = (0..500u32).map(|i| (i, format!("web-{i}"), None, Some(RoutingState::Ready)));
+        let notes = routing_changed("web", changes);
+        assert_eq!(notes.len(), 1);
+        let note = &notes[0].note;
+        assert!(note.len() <= NOTE_MAX_BYTES, "{} bytes", note.len());
+        assert!(note.starts_with("500 pods of service web: not published -> READY: web-0, web-1, "), "{note}");
+        let shown = note.matches("web-").count();
+        assert!(note.ends_with(&format!(", and {} more", 500 - shown)), "{note}");
+        assert!(shown > 50, "{shown} names shown in {note}");
+    }
+
+    #[test]
+    fn names_fit_exactly_or_are_counted() {
+        let names: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let all = "x: a0, a1, a2, a3, a4, a5, a6, a7, a8, a9";
+        assert_eq!(all.len(), 41);
+        assert_eq!(name_within("x: ", &names, 100), all);
+        assert_eq!(name_within("x: ", &names, 41), all);
+        assert_eq!(name_within("x: ", &names, 40), "x: a0, a1, a2, a3, a4, a5, and 4 more");
+        assert_eq!(name_within("x: ", &names, 17), "x: a0, and 9 more");
+        assert_eq!(name_within("x: ", &names, 16), "x: and 10 more");
+        assert_eq!(name_within("x: ", &names, 13), "x: ", "not even the count fits");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_note_never_exceeds_its_limit_and_accounts_for_every_name(
+            names in proptest::collection::vec("[a-z]{1,20}-[0-9]{1,4}", 1..200),
+            max in 40usize..1200,
+        ) {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let out = name_within("h: ", &names, max);
+            proptest::prop_assert!(out.len() <= max, "{} > {max}: {out}", out.len());
+            let listed = out.strip_prefix("h: ").unwrap();
+            let (shown, more) = match listed.rsplit_once("and ") {
+                Some((head, n)) => (head.trim_end_matches(", "), n.trim_end_matches(" more").parse::<usize>().unwrap()),
+                None => (listed, 0),
+            };
+            let shown: Vec<&str> = if shown.is_empty() { vec![] } else { shown.split(", ").collect() };
+            proptest::prop_assert_eq!(&shown[..], &names[..shown.len()]);
+            proptest::prop_assert_eq!(shown.len() + more, names.len());
+        }
     }
 
     #[test]
