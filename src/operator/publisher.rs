@@ -47,6 +47,32 @@ pub const REDIS_READY_GRACE: Duration = Duration::from_secs(3);
 /// however long the services' periods are.
 const DATASET_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Heartbeats are spread over each period in this many slots, a service in the slot its
+/// RouteState hashes to: a tick writes a twentieth of the fleet, not all of it at once, so a
+/// changed plan never waits behind the whole fleet's heartbeat (and Redis sees no burst).
+const HEARTBEAT_SLOTS: u32 = 20;
+
+/// The heartbeat slot of a RouteState (stable for the life of the process).
+fn heartbeat_slot(key: &ObjectRef<RouteState>) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % u64::from(HEARTBEAT_SLOTS)) as u32
+}
+
+/// When a service published at `now` is next due: the first start of its `slot` (periods
+/// counted from `epoch`) at least half a `period` away. In steady state that is exactly one
+/// period later; after an out-of-turn publish (a changed plan, a new term) between half a period
+/// and one and a half, well inside the three periods after which clients call a state stale.
+fn heartbeat_due(epoch: Instant, now: Instant, period: Duration, slot: u32) -> Instant {
+    let period_ns = period.as_nanos().max(1);
+    let offset_ns = period_ns * u128::from(slot % HEARTBEAT_SLOTS) / u128::from(HEARTBEAT_SLOTS);
+    let earliest_ns = now.saturating_duration_since(epoch).as_nanos() + period_ns / 2;
+    let periods = earliest_ns.saturating_sub(offset_ns).div_ceil(period_ns);
+    let due_ns = offset_ns + periods * period_ns;
+    epoch + Duration::from_nanos(u64::try_from(due_ns).unwrap_or(u64::MAX))
+}
+
 struct Entry {
     plan: ServicePlan,
     dirty: bool,
@@ -72,6 +98,8 @@ pub struct Publisher {
     routestates: std::sync::OnceLock<kube::runtime::reflector::Store<RouteState>>,
     /// Since when Redis has been failing (publishes or PINGs); `None` while it answers.
     redis_down_since: Mutex<Option<Instant>>,
+    /// Where the heartbeat slots' periods are counted from.
+    epoch: Instant,
 }
 
 impl Publisher {
@@ -94,6 +122,7 @@ impl Publisher {
             sync_changed,
             routestates: std::sync::OnceLock::new(),
             redis_down_since: Mutex::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -454,7 +483,8 @@ impl Publisher {
                     self.note_redis(true);
                     // A plan changed while it was being published is published again at once.
                     e.dirty = e.plan != plan;
-                    e.next_due = now + Duration::from_secs(u64::from(plan.period_secs.max(1)));
+                    let period = Duration::from_secs(u64::from(plan.period_secs.max(1)));
+                    e.next_due = heartbeat_due(self.epoch, now, period, heartbeat_slot(&key));
                     SyncState::Synced(published.pods.iter().map(|(i, (_, r))| (*i, *r)).collect())
                 }
                 Err(err) => {
@@ -488,6 +518,64 @@ impl Publisher {
         self.metrics.set_published(counts);
         for key in changed {
             let _ = self.sync_changed.send(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const P: Duration = Duration::from_secs(2);
+    const SLOT: Duration = Duration::from_millis(100); // P / HEARTBEAT_SLOTS
+
+    #[test]
+    fn a_heartbeat_in_its_slot_is_next_due_one_period_later() {
+        let epoch = Instant::now();
+        // Slot 3 starts 300 ms into each period.
+        let at = epoch + 5 * P + 3 * SLOT;
+        assert_eq!(heartbeat_due(epoch, at, P, 3), at + P);
+        // A tick a little late keeps the slot.
+        assert_eq!(heartbeat_due(epoch, at + Duration::from_millis(40), P, 3), at + P);
+    }
+
+    #[test]
+    fn an_out_of_turn_publish_is_next_due_in_its_slot_at_least_half_a_period_on() {
+        let epoch = Instant::now();
+        // Published 1.5 s into period 5 (a changed plan): slot 3 of period 6 is only 0.8 s on,
+        // so period 7's.
+        let at = epoch + 5 * P + Duration::from_millis(1500);
+        assert_eq!(heartbeat_due(epoch, at, P, 3), epoch + 7 * P + 3 * SLOT);
+        // Slot 19 of period 6 is 2.4 s on.
+        assert_eq!(heartbeat_due(epoch, at, P, 19), epoch + 6 * P + 19 * SLOT);
+        // At the epoch itself (a new term): slot 0 waits one period, slot 19 0.95 of one.
+        assert_eq!(heartbeat_due(epoch, epoch, P, 0), epoch + P);
+        assert_eq!(heartbeat_due(epoch, epoch, P, 19), epoch + 19 * SLOT);
+    }
+
+    #[test]
+    fn slots_spread_a_fleet_over_the_period() {
+        let mut per_slot = [0u32; HEARTBEAT_SLOTS as usize];
+        for i in 0..1000 {
+            per_slot[heartbeat_slot(&ObjectRef::new(&format!("svc-{i}")).within("bench")) as usize] += 1;
+        }
+        // 50 a slot on average; no slot empty or holding a large share.
+        assert!(per_slot.iter().all(|&n| (20..=90).contains(&n)), "{per_slot:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn the_next_heartbeat_is_in_its_slot_between_half_and_one_and_a_half_periods_on(
+            since_ms in 0u64..10_000_000, period_s in 1u64..3600, slot in 0u32..HEARTBEAT_SLOTS,
+        ) {
+            let epoch = Instant::now();
+            let (now, period) = (epoch + Duration::from_millis(since_ms), Duration::from_secs(period_s));
+            let due = heartbeat_due(epoch, now, period, slot);
+            prop_assert!(due >= now + period / 2, "{:?} after now", due - now);
+            prop_assert!(due < now + period * 3 / 2, "{:?} after now", due - now);
+            let offset = period.as_nanos() * u128::from(slot) / u128::from(HEARTBEAT_SLOTS);
+            prop_assert_eq!(((due - epoch).as_nanos() + period.as_nanos() - offset) % period.as_nanos(), 0);
         }
     }
 }
