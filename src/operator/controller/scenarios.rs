@@ -437,3 +437,22 @@ async fn a_plan_follows_its_inputs_without_a_reconcile() {
     reconcile::follow(&f.ctx, &key);
     assert!(f.ctx.publisher.plan(&key).is_none());
 }
+
+#[tokio::test]
+async fn pods_that_come_up_together_are_one_event() {
+    let mut f = Fixture::new(true).await;
+    let sent = f.first_status_patch(2).await;
+    // The StatefulSet scales from 2 to 6 and pods 2..=5 are Ready by the next reconcile: one
+    // Event names them all (a second request would be left unanswered and fail the test).
+    f.with_statefulset(6);
+    let rs = f.routestate(true, Some(sent["status"].clone()));
+    let mut event = Value::Null;
+    f.reconcile(rs, async |api: &mut ApiServer| {
+        event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("PublishReady")));
+    assert_eq!(event["note"], json!("4 pods of service web: not published -> READY: web-2, web-3, web-4, web-5"));
+    assert_eq!(event["related"]["name"], json!("web-2"), "{event}");
+}
