@@ -18,11 +18,7 @@ pub mod rbac;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use kube::{
-    Api, Client,
-    api::ListParams,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::{Api, Client, api::ListParams, runtime::events::Reporter};
 use tokio::{
     sync::{mpsc, watch},
     task::{JoinHandle, JoinSet},
@@ -104,15 +100,13 @@ impl Operator {
         let (claims, leader) = Leadership::channel(config.lease.is_none().then(leader::Claim::unlimited));
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let publisher = Arc::new(publisher::Publisher::new(store, leader.clone(), metrics.clone(), sync_tx));
-        let recorder = Recorder::new(
-            config.client.clone(),
-            Reporter { controller: controller::FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },
-        );
+        let reporter =
+            Reporter { controller: controller::FIELD_MANAGER.into(), instance: Some(config.instance.clone()) };
         let built = controller::build(
             watches,
             controller::Shared {
                 client: config.client.clone(),
-                recorder,
+                reporter,
                 publisher: publisher.clone(),
                 leader: leader.clone(),
                 metrics: metrics.clone(),

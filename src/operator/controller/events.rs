@@ -44,6 +44,10 @@ pub struct Note {
     pub pod: Option<String>,
     /// The message.
     pub note: String,
+    /// Whether a repeat may fold into the series of an earlier Event with the same reason, action
+    /// and pod: not for a note that names a batch of pods (the series would keep the earlier
+    /// batch's note).
+    pub folds: bool,
 }
 
 impl Seen {
@@ -83,6 +87,7 @@ impl Seen {
                 action: (*reason).to_owned(),
                 pod: (!pod.is_empty()).then(|| pod.clone()),
                 note: note.clone(),
+                folds: true,
             })
             .collect();
         self.findings = findings;
@@ -108,6 +113,7 @@ impl Seen {
             reason: SERVICE_NAME_CONFLICT,
             action: "Skip".to_owned(),
             pod: None,
+            folds: true,
             note: format!(
                 "RouteState {owner} also names service {service} and is older: it publishes the service, this one publishes nothing until it goes away"
             ),
@@ -136,6 +142,7 @@ fn routing_changed(
         .into_iter()
         .map(|((before, after), pods)| {
             let transition = format!("{} -> {}", name(before), name(after));
+            let folds = pods.len() == 1;
             let note = match pods.as_slice() {
                 [(index, pod)] => format!("pod {pod} (index {index}) of service {service}: {transition}"),
                 _ => {
@@ -150,6 +157,7 @@ fn routing_changed(
                 action: after.map_or("Unpublish".to_owned(), |s| format!("Publish{}", s.kube_name())),
                 note,
                 pod: pods.into_iter().next().map(|(_, pod)| pod),
+                folds,
             }
         })
         .collect()
@@ -244,6 +252,7 @@ mod tests {
             ]
         );
         assert!(notes.iter().all(|n| (n.type_, n.reason) == (EventType::Normal, ROUTING_CHANGED)));
+        assert_eq!(notes.iter().map(|n| n.folds).collect::<Vec<_>>(), [true, false], "a batch never folds");
     }
 
     #[test]

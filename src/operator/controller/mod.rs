@@ -22,7 +22,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
         Controller,
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -43,8 +43,8 @@ pub const FIELD_MANAGER: &str = "routestate-operator";
 pub struct Shared {
     /// Kubernetes client.
     pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Who records the Events.
+    pub reporter: Reporter,
     /// The Redis publisher.
     pub publisher: Arc<Publisher>,
     /// This replica's leadership, checked before every write.
@@ -56,6 +56,7 @@ pub struct Shared {
 /// State of the reconciler: the shared parts and the caches.
 pub struct Context {
     client: Client,
+    reporter: Reporter,
     recorder: Recorder,
     publisher: Arc<Publisher>,
     leader: Leadership,
@@ -78,10 +79,11 @@ impl Context {
         routestates: Store<RouteState>,
         synced: Synced,
     ) -> Self {
-        let Shared { client, recorder, publisher, leader, metrics } = shared;
+        let Shared { client, reporter, publisher, leader, metrics } = shared;
         Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
             client,
-            recorder,
+            reporter,
             publisher,
             leader,
             metrics,

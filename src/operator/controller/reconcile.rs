@@ -12,7 +12,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType},
+        events::{Event, EventType, Recorder},
         finalizer::{Event as Finalizer, finalizer},
         reflector::ObjectRef,
     },
@@ -210,6 +210,7 @@ async fn apply(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action> {
             reason: "RedisDataLost",
             action: "Republish".into(),
             pod: None,
+            folds: true,
             note,
         });
     }
@@ -310,7 +311,8 @@ async fn cleanup(rs: Arc<RouteState>, ns: &str, ctx: &Context) -> Result<Action>
     };
     // After the publisher let go of it, so no tick re-creates them.
     ctx.metrics.forget(&key);
-    let done = Note { type_: EventType::Normal, reason: "Cleanup", action: "Delete".into(), pod: None, note };
+    let done =
+        Note { type_: EventType::Normal, reason: "Cleanup", action: "Delete".into(), pod: None, note, folds: true };
     record(ctx, &rs, ns, vec![done]).await;
     Ok(Action::await_change())
 }
@@ -336,13 +338,23 @@ async fn record(ctx: &Context, rs: &RouteState, ns: &str, notes: Vec<Note>) {
             action: n.action,
             secondary: n.pod.map(|pod| pod_ref(ns, &pod)),
         };
-        publish_event(ctx, &reference, event).await;
+        if n.folds {
+            publish_event(ctx, &reference, event).await;
+        } else {
+            // A recorder of its own knows no earlier Event: this one is created, never folded.
+            let once = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+            publish_with(ctx, &once, &reference, event).await;
+        }
     }
 }
 
 /// Records one Event; an Event that cannot be written must not fail the reconcile.
 pub(super) async fn publish_event(ctx: &Context, reference: &ObjectReference, event: Event) {
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+    publish_with(ctx, &ctx.recorder, reference, event).await;
+}
+
+async fn publish_with(ctx: &Context, recorder: &Recorder, reference: &ObjectReference, event: Event) {
+    if let Err(e) = recorder.publish(&event, reference).await {
         ctx.metrics.error("event");
         tracing::warn!(error = %e.chain(), reason = %event.reason, "publishing an Event failed");
     }

@@ -16,7 +16,7 @@ use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     client::Body,
     runtime::{
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, store::Writer},
         watcher,
     },
@@ -106,7 +106,7 @@ impl Fixture {
         let metrics = Arc::new(Metrics::default());
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let publisher = Arc::new(Publisher::new(redis.clone(), leader.clone(), metrics.clone(), sync_tx));
-        let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
         let pods = Arc::new(PodIndex::default());
         let (sts_store, statefulsets) = reflector::store();
         let (rs_store, routestates) = reflector::store();
@@ -114,7 +114,7 @@ impl Fixture {
         let synced =
             Synced { pods: flags[0].1.clone(), statefulsets: flags[1].1.clone(), routestates: flags[2].1.clone() };
         let [(a, _), (b, _), (c, _)] = flags;
-        let shared = Shared { client, recorder, publisher, leader, metrics };
+        let shared = Shared { client, reporter, publisher, leader, metrics };
         let ctx = Arc::new(Context::new(shared, pods.clone(), sts_store, rs_store, synced));
         Self {
             ctx,
@@ -455,4 +455,29 @@ async fn pods_that_come_up_together_are_one_event() {
     assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("PublishReady")));
     assert_eq!(event["note"], json!("4 pods of service web: not published -> READY: web-2, web-3, web-4, web-5"));
     assert_eq!(event["related"]["name"], json!("web-2"), "{event}");
+
+    // Down to 2 and up to 8 again: the new batch starts at web-2 too, and is a new Event with its
+    // own note (POST), not a repeat of the first folded into its series (PATCH, first note kept).
+    let reconcile = async |f: &mut Fixture| {
+        let rs = f.routestate(true, Some(sent["status"].clone()));
+        let mut event = Value::Null;
+        f.reconcile(rs, async |api: &mut ApiServer| {
+            event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
+        })
+        .await
+        .unwrap();
+        event
+    };
+    f.with_statefulset(2);
+    for i in 2..6 {
+        f.pods.apply(&watcher::Event::Delete(pod("game", "web", i, true)));
+    }
+    assert_eq!(reconcile(&mut f).await["action"], json!("Unpublish"));
+    f.with_statefulset(8);
+    let event = reconcile(&mut f).await;
+    assert_eq!(event["related"]["name"], json!("web-2"), "{event}");
+    assert_eq!(
+        event["note"],
+        json!("6 pods of service web: not published -> READY: web-2, web-3, web-4, web-5, web-6, web-7")
+    );
 }
