@@ -240,13 +240,15 @@ pub struct RouteStateStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_state: Option<String>,
 
-    /// The pods, by index: every pod of a StatefulSet of at most 100; of a larger one only those
-    /// that need a look (not Ready, or not published READY), at most 100.
+    /// The pods, by index: every pod of a StatefulSet of at most 20; of a larger one only those
+    /// that need a look (not Ready, or not published READY), at most 20.
+    // Atomic: the operator alone writes it, whole, so no per-entry field ownership is kept (it
+    // doubled the object's size, and every write to the RouteState pays for its size).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["index".into()]))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Atomic)]
     pub pods: Vec<PodSummary>,
 
-    /// How many pods `pods` leaves out (a large StatefulSet's healthy pods, and any beyond 100).
+    /// How many pods `pods` leaves out (a large StatefulSet's healthy pods, and any beyond 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlisted_pods: Option<u32>,
 }
@@ -349,6 +351,12 @@ mod tests {
         assert!(item["x-kubernetes-validations"][0]["rule"].as_str().unwrap().contains("has(self.routingState)"));
         let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"];
         assert_eq!(status["properties"]["conditions"]["x-kubernetes-list-map-keys"][0], "type");
+        // The status's pod list is written whole by the operator alone, and its documented
+        // limit is the one the operator applies.
+        let pods = &status["properties"]["pods"];
+        assert_eq!(pods["x-kubernetes-list-type"], "atomic");
+        let limit = format!("at most {}", crate::operator::derive::STATUS_PODS_MAX);
+        assert_eq!(pods["description"].as_str().unwrap().matches(&limit).count(), 2, "{}", pods["description"]);
         assert_eq!(v["subresources"]["status"], serde_json::json!({}));
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "rst");
         let columns: Vec<&str> =
