@@ -11,7 +11,9 @@
 #     latencies, over every new pod;
 #   - at the largest size, a restarted operator: until it published every pod again, and its
 #     footprint (peak included: it lists every pod at once).
-# At the first size also the server role's two report paths (hack/bench-reports.py): through
+# Before the fleet, what one write to a RouteState costs the API server by the size of its status
+# (hack/bench-apicost.py). At the first size also the server role's two report paths
+# (hack/bench-reports.py): through
 # the pods' annotations and straight to Redis.
 # Each figure is the median over RUNS runs. Output lines start with "system/".
 #
@@ -59,6 +61,7 @@ export API="https://127.0.0.1:$API_PORT" ADMIN_TOKEN REDIS_PORT NS=bench
 "$BIN" crd | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established crd/routestates.routestate.dev --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
+python3 hack/bench-apicost.py "$API" "$ADMIN_TOKEN" "$(cat "$CLUSTER_DIR/pids/kube-apiserver.pid")"
 
 # The operator starts first, so it sees the StatefulSets grow like a running operator does. Its
 # debug timings of each reconcile and publish (JSON) tell where a patch's time goes.

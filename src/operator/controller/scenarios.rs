@@ -188,6 +188,20 @@ impl Fixture {
         result
     }
 
+    /// A reconcile of RouteState `game/web` (with its finalizer and `status`) whose one request is
+    /// an Event, answered; returns the reconcile's action and the Event sent.
+    async fn reconcile_to_one_event(&mut self, status: &Value) -> (kube::runtime::controller::Action, Value) {
+        let rs = self.routestate(true, Some(status.clone()));
+        let mut event = Value::Null;
+        let action = self
+            .reconcile(rs, async |api: &mut ApiServer| {
+                event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
+            })
+            .await
+            .unwrap();
+        (action, event)
+    }
+
     /// The leader's first reconcile of RouteState `game/web` (with its finalizer) over `replicas`
     /// Ready pods: its one request, the status patch, answered; returns the patch sent.
     async fn first_status_patch(&mut self, replicas: u32) -> Value {
@@ -381,14 +395,7 @@ async fn status_changes_under_churn_wait_for_the_minimum_interval() {
     let sent = f.first_status_patch(2).await;
     // Pod 1 stops being Ready right after: its Event is told at once, the status waits.
     f.pod_unready(1);
-    let rs = f.routestate(true, Some(sent["status"].clone()));
-    let mut event = Value::Null;
-    let action = f
-        .reconcile(rs, async |api: &mut ApiServer| {
-            event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
-        })
-        .await
-        .unwrap();
+    let (action, event) = f.reconcile_to_one_event(&sent["status"]).await;
     assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("Unpublish")), "{event}");
     assert_eq!(
         event["related"],
@@ -445,36 +452,20 @@ async fn pods_that_come_up_together_are_one_event() {
     // The StatefulSet scales from 2 to 6 and pods 2..=5 are Ready by the next reconcile: one
     // Event names them all (a second request would be left unanswered and fail the test).
     f.with_statefulset(6);
-    let rs = f.routestate(true, Some(sent["status"].clone()));
-    let mut event = Value::Null;
-    f.reconcile(rs, async |api: &mut ApiServer| {
-        event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
-    })
-    .await
-    .unwrap();
+    let (_, event) = f.reconcile_to_one_event(&sent["status"]).await;
     assert_eq!((&event["reason"], &event["action"]), (&json!(events::ROUTING_CHANGED), &json!("PublishReady")));
     assert_eq!(event["note"], json!("4 pods of service web: not published -> READY: web-2, web-3, web-4, web-5"));
     assert_eq!(event["related"]["name"], json!("web-2"), "{event}");
 
     // Down to 2 and up to 8 again: the new batch starts at web-2 too, and is a new Event with its
     // own note (POST), not a repeat of the first folded into its series (PATCH, first note kept).
-    let reconcile = async |f: &mut Fixture| {
-        let rs = f.routestate(true, Some(sent["status"].clone()));
-        let mut event = Value::Null;
-        f.reconcile(rs, async |api: &mut ApiServer| {
-            event = api.expect(Method::POST, EVENTS_PATH, json!({"metadata": {"name": "e"}})).await;
-        })
-        .await
-        .unwrap();
-        event
-    };
     f.with_statefulset(2);
     for i in 2..6 {
         f.pods.apply(&watcher::Event::Delete(pod("game", "web", i, true)));
     }
-    assert_eq!(reconcile(&mut f).await["action"], json!("Unpublish"));
+    assert_eq!(f.reconcile_to_one_event(&sent["status"]).await.1["action"], json!("Unpublish"));
     f.with_statefulset(8);
-    let event = reconcile(&mut f).await;
+    let (_, event) = f.reconcile_to_one_event(&sent["status"]).await;
     assert_eq!(event["related"]["name"], json!("web-2"), "{event}");
     assert_eq!(
         event["note"],
