@@ -18,7 +18,7 @@
 # Each figure is the median over RUNS runs. Output lines start with "system/".
 #
 #   hack/bench-cluster.sh                              SIZES=1000 (about 8 minutes), RUNS=3
-#   SIZES="1000 5000 10000" hack/bench-cluster.sh      the full fleet, by hand (about half an hour)
+#   SIZES="1000 5000 10000" hack/bench-cluster.sh      the full fleet, by hand (about 15 minutes)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

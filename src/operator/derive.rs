@@ -575,7 +575,7 @@ fn status_of(
 
 /// The most pods a status lists. Every write to a RouteState (the operator's status patch, a
 /// user's drain) costs the API server in proportion to the object's size: with 100 pods listed
-/// one took about 13 ms of its CPU, with 20 or fewer about 4 ms (`docs/performance.md`).
+/// one took about 13 ms of its CPU, with 20 about 7 ms, with none 4 ms (`docs/performance.md`).
 pub const STATUS_PODS_MAX: usize = 20;
 
 /// The pods a status lists and how many it leaves out (`None`: none): all of them up to
