@@ -148,6 +148,13 @@ impl MakeRun {
     }
 }
 
+impl Drop for MakeRun {
+    /// Its run folder (logs, the operator's pid) goes with it.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
 /// A ConfigMap finalizer that keeps a deleted namespace Terminating until it is removed.
 const HOLD: &str = "routestate.dev/test-hold";
 
