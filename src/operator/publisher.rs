@@ -77,6 +77,8 @@ struct Entry {
     plan: ServicePlan,
     dirty: bool,
     next_due: Instant,
+    /// Its heartbeat slot ([`heartbeat_slot`] of its RouteState).
+    slot: u32,
     sync: SyncState,
     dataset: DatasetWatch,
     /// A data loss seen and not yet reported as an Event (the controller takes it).
@@ -198,12 +200,14 @@ impl Publisher {
             None if !insert => return false,
             None => {
                 let dataset = DatasetWatch::new(&plan.namespace, &plan.service);
+                let slot = heartbeat_slot(&key);
                 entries.insert(
                     key,
                     Entry {
                         plan,
                         dirty: true,
                         next_due: Instant::now(),
+                        slot,
                         sync: SyncState::Pending,
                         dataset,
                         loss: None,
@@ -484,7 +488,7 @@ impl Publisher {
                     // A plan changed while it was being published is published again at once.
                     e.dirty = e.plan != plan;
                     let period = Duration::from_secs(u64::from(plan.period_secs.max(1)));
-                    e.next_due = heartbeat_due(self.epoch, now, period, heartbeat_slot(&key));
+                    e.next_due = heartbeat_due(self.epoch, now, period, e.slot);
                     SyncState::Synced(published.pods.iter().map(|(i, (_, r))| (*i, *r)).collect())
                 }
                 Err(err) => {
